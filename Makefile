@@ -1,0 +1,59 @@
+# Kestrel: `make demo` runs the local stack, `make test` runs every check.
+# Both set up whatever is missing first: the virtualenv, the packages, the broker's jars.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# GPU=1: onnxruntime-gpu instead of onnxruntime (both ship the `onnxruntime` package).
+GPU    ?=
+
+.PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean
+
+setup: $(STAMP)
+	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Kestrel needs Python >= 3.11, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+ifeq ($(GPU),1)
+	$(BIN)/python -m pip uninstall --quiet -y onnxruntime
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.18'
+endif
+	touch $@
+
+demo: setup
+	$(BIN)/python -m kestrel.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy .
+
+unit: $(STAMP)
+	$(BIN)/pytest -m "not integration"
+
+integration: setup
+	$(BIN)/pytest -m integration
+
+test: setup lint typecheck
+	$(BIN)/pytest
+
+broker: setup
+	$(BIN)/kestrel-broker run
+
+topics: $(STAMP)
+	$(BIN)/kestrel-topics create
+
+schemas: $(STAMP)
+	$(BIN)/python -m kestrel.schemas
+
+clean:
+	rm -rf .kestrel/data .pytest_cache .mypy_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV) .kestrel

@@ -1,0 +1,132 @@
+"""Kestrel's settings: the one module that reads the environment.
+
+Every value comes from a ``KESTREL_*`` environment variable, then from a ``.env``
+file in the working directory, then from the default below (chosen for the local
+stack that ``make demo`` starts). A value that does not parse raises
+:class:`~kestrel.errors.SettingsError` naming the variable, so a typo in a deployment
+fails at start with the key to fix rather than deep inside a worker.
+
+Everything else receives a :class:`Settings` object; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kestrel.errors import SettingsError
+
+ENV_PREFIX = "KESTREL_"
+LogLevel = Literal["debug", "info", "warn", "error", "crit"]
+
+
+class Settings(BaseSettings):
+    """Typed configuration for every Kestrel process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    broker_url: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers as a Faust URL (kafka://host:port;host:port).",
+    )
+    namespace: str = Field(
+        "kestrel",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$",
+        description="Prefix of every topic name and consumer group; one per deployment.",
+    )
+    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of input topics.")
+    topic_replication: int = Field(1, ge=1, description="Replication factor of new topics.")
+
+    # --- The local broker (kestrel.broker) ----------------------------------------------
+    kafka_version: str = Field("4.3.1", pattern=r"^4\.\d+\.\d+$")
+    kafka_port: int = Field(9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    kafka_heap_mb: int = Field(512, ge=128)
+
+    # --- Local state --------------------------------------------------------------------
+    data_dir: Path = Field(Path(".kestrel/data"), description="Broker logs and worker state.")
+    cache_dir: Path = Field(Path(".kestrel/cache"), description="Broker jars and models.")
+
+    # --- Stream workers -----------------------------------------------------------------
+    store: str = Field("memory://", description="Faust table store; changelogs back it.")
+    web_port: int = Field(6066, ge=1, le=65535, description="Faust worker's own web port.")
+    log_level: LogLevel = "info"
+    window_expires_s: float = Field(
+        2.0,
+        gt=0,
+        description="How long a 1 s window stays open after its end before it is emitted.",
+    )
+    table_cleanup_interval_s: float = Field(
+        0.5, gt=0, description="How often Faust checks for windows to close."
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _kafka_url(cls, value: str) -> str:
+        if not value.startswith("kafka://") or not value.removeprefix("kafka://"):
+            raise ValueError("expected kafka://host:port[;host:port...]")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker list in the form plain Kafka clients (confluent-kafka) take."""
+        hosts = self.broker_url.removeprefix("kafka://").split(";")
+        return ",".join(h.strip() for h in hosts if h.strip())
+
+    def topic(self, suffix: str) -> str:
+        """Full name of one of Kestrel's topics in this deployment's namespace."""
+        return f"{self.namespace}.{suffix}"
+
+    def app_id(self, role: str) -> str:
+        """Faust app id (and so consumer group) of one worker role in this namespace."""
+        return f"{self.namespace}-{role}"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``KESTREL_*`` variables, for a child process to read back."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            env[ENV_PREFIX + name.upper()] = str(value)
+        return env
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, raising :class:`SettingsError` that names the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(
+                f"{ENV_PREFIX}{field.upper()}: {error['msg']} (got {error.get('input')!r})"
+            )
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
+
+
+def child_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a child process: ours, with ``settings`` and ``extra`` on top.
+
+    Supervisors (the demo, the tests) use it so that every child reads the same
+    settings through this module rather than each building its own.
+    """
+    env = dict(os.environ)
+    env.update(settings.as_env())
+    env.update(extra)
+    return env
