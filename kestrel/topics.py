@@ -1,0 +1,163 @@
+"""Kestrel's topics: names, partitioning, retention, and who writes and reads them.
+
+Every topic lives under the deployment's namespace (``KESTREL_NAMESPACE``), so two
+deployments, or two test runs, share a cluster without sharing a topic. Faust
+agents declare the topics they read from this catalogue; producers that may start
+before any worker call :func:`ensure_topics` (``kestrel-topics create``) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kestrel.errors import BrokerError
+from kestrel.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import faust
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the catalogue, without its namespace."""
+
+    suffix: str
+    doc: str
+    key: str
+    compacted: bool = False
+    #: None: the deployment's KESTREL_TOPIC_PARTITIONS.
+    partitions: int | None = None
+    config: Mapping[str, str] = field(default_factory=dict)
+
+    def name(self, settings: Settings) -> str:
+        return settings.topic(self.suffix)
+
+    def partition_count(self, settings: Settings) -> int:
+        return self.partitions or settings.topic_partitions
+
+    def kafka_config(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        cfg.update(self.config)
+        return cfg
+
+
+METRICS_SYSTEM = TopicSpec(
+    "metrics.system",
+    doc="System collector samples (10 Hz): the digest's envelope, JSON.",
+    key="source",
+)
+METRICS_MODEL = TopicSpec(
+    "metrics.model",
+    doc="Model collector samples (up to 60 Hz) from inference workers and model servers.",
+    key="source",
+)
+METRICS_UI = TopicSpec(
+    "metrics.ui",
+    doc="Dashboard UX samples (60 Hz) reported by the browser.",
+    key="source",
+)
+METRICS_AGGREGATES = TopicSpec(
+    "metrics.aggregates",
+    doc="Final windowed aggregates, one per (source, field, window), emitted on close.",
+    key="source|field|window|window_start_ms",
+    compacted=True,
+)
+DEADLETTER = TopicSpec(
+    "deadletter",
+    doc="Messages that failed validation: original key and value, reason in headers.",
+    key="original key",
+    partitions=1,
+    config={"retention.ms": str(7 * 24 * 3600 * 1000)},
+)
+
+COLLECTOR_TOPICS: tuple[TopicSpec, ...] = (METRICS_SYSTEM, METRICS_MODEL, METRICS_UI)
+CATALOGUE: tuple[TopicSpec, ...] = (*COLLECTOR_TOPICS, METRICS_AGGREGATES, DEADLETTER)
+
+
+def faust_topic(app: faust.App, settings: Settings, *specs: TopicSpec) -> faust.TopicT:
+    """Declare ``specs`` (of one shape) as a Faust topic of raw bytes that Faust creates.
+
+    ``internal=True`` makes the worker create the topics it reads, with the
+    catalogue's partitions and config, before it subscribes: Faust otherwise ignores a
+    topic that does not exist yet and never reads it. Topics it only writes are never
+    subscribed, so a start-up task declares them too; otherwise the first send would
+    auto-create them with the broker's defaults (one partition, no compaction).
+    """
+    first = specs[0]
+    topic = app.topic(
+        *(spec.name(settings) for spec in specs),
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=first.partition_count(settings),
+        replicas=settings.topic_replication,
+        config=first.kafka_config(),
+        internal=True,
+    )
+
+    async def declare() -> None:
+        await topic.maybe_declare()
+
+    app.task(declare)
+    return topic
+
+
+def ensure_topics(
+    settings: Settings, specs: Iterable[TopicSpec] = CATALOGUE, timeout_s: float = 30.0
+) -> list[str]:
+    """Create whichever of ``specs`` do not exist yet; return the names created."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers}, logger=log)
+    wanted = [
+        NewTopic(
+            spec.name(settings),
+            num_partitions=spec.partition_count(settings),
+            replication_factor=settings.topic_replication,
+            config=spec.kafka_config(),
+        )
+        for spec in specs
+    ]
+    created: list[str] = []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except Exception as exc:
+            error = exc.args[0] if exc.args else None
+            if getattr(error, "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise BrokerError(f"could not create topic {name}: {exc}") from exc
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    return created
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kestrel-topics create|list``: the catalogue on the configured cluster."""
+    parser = argparse.ArgumentParser(prog="kestrel-topics")
+    parser.add_argument("command", choices=["create", "list"])
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.command == "create":
+        try:
+            created = ensure_topics(settings)
+        except BrokerError as exc:
+            print(f"kestrel-topics: {exc}", file=sys.stderr)
+            return 1
+        print(f"{len(created)} created, {len(CATALOGUE) - len(created)} already there")
+    else:
+        for spec in CATALOGUE:
+            print(f"{spec.name(settings):40} key={spec.key:30} {spec.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
