@@ -1,0 +1,1 @@
+"""Faust agents: the pipeline's stages. Autodiscovered by the worker; never imported."""

@@ -1,0 +1,1 @@
+"""Detectors behind one small interface (filled in by the camera pipeline)."""

@@ -1,0 +1,1 @@
+"""Faust tables: the state the stream agents keep, each changelog-backed."""

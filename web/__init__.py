@@ -1,0 +1,1 @@
+"""The Starlette dashboard (filled in by the live-dashboard work)."""
