@@ -1,0 +1,1 @@
+"""Collectors: producers (not Faust agents) that publish the digest's metric envelope."""

@@ -1,0 +1,146 @@
+"""``make demo``: the whole local stack in one terminal; Ctrl-C stops all of it.
+
+Starts the Kafka broker, creates the topics, then runs each role as its own
+process: the Faust stream worker, the system collector, and a tail of the windowed
+aggregates. Prints what runs where. A child that dies takes the demo down with its
+log's tail; Ctrl-C (or SIGTERM) stops every child, and children also get SIGTERM
+from the kernel if this supervisor itself is killed, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from kestrel.broker import running_broker
+from kestrel.process import die_with_parent
+from kestrel.settings import Settings, child_environment, get_settings
+from kestrel.topics import ensure_topics
+
+log = logging.getLogger("kestrel.demo")
+
+
+@dataclass
+class Child:
+    """One supervised role: its command, its process and where it logs."""
+
+    role: str
+    argv: list[str]
+    log_path: Path | None  # None: its output goes to this terminal
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str]) -> None:
+        out = self.log_path.open("ab") if self.log_path else None
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                # Own process group: the terminal's Ctrl-C reaches only the supervisor,
+                # which then stops the roles in order.
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            if out:
+                out.close()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs; killing it", self.role, timeout_s)
+            proc.kill()
+            proc.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def roles(settings: Settings, logs: Path) -> list[Child]:
+    py = sys.executable
+    return [
+        Child(
+            "stream worker",
+            [py, "-m", "faust", "-A", "faust_app", "worker", "-l", "info"],
+            logs / "stream-worker.log",
+        ),
+        Child(
+            "system collector",
+            [py, "-m", "kestrel.collectors.cli", "system"],
+            logs / "collector-system.log",
+        ),
+        Child("aggregates tail", [py, "-m", "kestrel.tail", "metrics.aggregates"], None),
+    ]
+
+
+def run(settings: Settings) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with running_broker(settings) as broker:
+        ensure_topics(settings)
+        env = child_environment(settings, PYTHONUNBUFFERED="1")
+        children = roles(settings, logs)
+        for child in children:
+            child.start(env)
+        print(f"\nKestrel demo (namespace {settings.namespace!r})")
+        broker_pid = broker.proc.pid if broker.proc else "?"
+        kafka = f"Kafka {settings.kafka_version}"
+        print(
+            f"  {kafka:22} pid {broker_pid:<8} {settings.bootstrap_servers}  "
+            f"log {broker.cfg.log_path}"
+        )
+        for child in children:
+            pid = child.proc.pid if child.proc else "?"
+            where = f"log {child.log_path}" if child.log_path else "this terminal"
+            print(f"  {child.role:22} pid {pid:<8} {where}")
+        print(
+            "Aggregates of 1 s windows follow as they close. Ctrl-C stops everything.\n", flush=True
+        )
+        failed: Child | None = None
+        while not stop.wait(0.5):
+            failed = next((c for c in children if c.proc and c.proc.poll() is not None), None)
+            if failed:
+                break
+        print("\nstopping ...", flush=True)
+        for child in reversed(children):
+            child.stop()
+    if failed is not None:
+        code = failed.proc.returncode if failed.proc else "?"
+        print(f"{failed.role} exited with {code}; its log ends:\n{failed.tail()}", file=sys.stderr)
+        return 1
+    print("stopped: broker, workers and collectors are down")
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        return run(get_settings())
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""A confluent-kafka producer for Kestrel's producers outside Faust (collectors, cameras)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from kestrel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class KestrelProducer:
+    """Asynchronous sends with delivery failures logged and counted, never silent."""
+
+    def __init__(self, settings: Settings, **config: Any) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+        }
+        conf.update(config)
+        self._producer = Producer(conf, logger=log)
+        self.delivered = 0
+        self.failed = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        log.error("delivery to %s failed: %s", msg.topic(), err)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        *,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue one message; when the local queue is full, wait for room (backpressure)."""
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for outstanding deliveries; return how many are still undelivered."""
+        remaining: int = self._producer.flush(timeout_s)
+        return remaining

@@ -1,0 +1,56 @@
+"""``python -m kestrel.tail metrics.aggregates``: print a Kestrel topic as it grows."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import uuid
+from types import FrameType
+
+from confluent_kafka import Consumer
+
+from kestrel.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kestrel-tail", description=__doc__)
+    parser.add_argument("topic", help="topic name without the namespace, e.g. metrics.aggregates")
+    parser.add_argument("--from-beginning", action="store_true")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"{settings.namespace}-tail-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "enable.auto.commit": False,
+        }
+    )
+    topic = settings.topic(args.topic)
+    consumer.subscribe([topic])
+    running = True
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while running:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                print(f"[{topic}] error: {msg.error()}", file=sys.stderr)
+                continue
+            value = msg.value() or b""
+            print(f"[{topic}] {value.decode(errors='replace')}", flush=True)
+    finally:
+        consumer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
