@@ -1,0 +1,120 @@
+"""Helpers for integration tests: a Faust worker as a child process, and topic reads."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+from kestrel.settings import Settings, child_environment
+
+REPO = Path(__file__).resolve().parent.parent
+READY_LINE = "[^Worker]: Ready"
+
+
+class FaustWorker:
+    """``faust -A faust_app worker``, run exactly as a user runs it, logging to a file."""
+
+    def __init__(self, settings: Settings, log_path: Path, app: str = "faust_app") -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.app = app
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self, ready_timeout_s: float = 60.0) -> None:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info"],
+                cwd=REPO,
+                env=child_environment(self.settings, PYTHONUNBUFFERED="1"),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_for_log(READY_LINE, ready_timeout_s)
+
+    def log_since_start(self) -> str:
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout_s: float) -> None:
+        """Return once ``needle`` appears in this run's log; fail if the worker dies."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if needle in self.log_since_start():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode} before {needle!r}:\n"
+                    + self.log_since_start()[-4000:]
+                )
+            time.sleep(0.1)  # polling a log file for a condition
+        raise AssertionError(
+            f"no {needle!r} within {timeout_s}s:\n" + self.log_since_start()[-4000:]
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, as when a machine dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def read_until(
+    settings: Settings,
+    topic: str,
+    done: Callable[[list[Message]], bool],
+    timeout_s: float,
+    **config: Any,
+) -> list[Message]:
+    """Read ``topic`` from the beginning until ``done(messages)``; fail at the deadline."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **config,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{topic}: condition not met within {timeout_s}s; read {len(messages)} messages"
+                )
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue  # not created yet: librdkafka keeps the subscription
+                raise AssertionError(f"{topic}: {error}")
+            messages.append(msg)
+    finally:
+        consumer.close()
+    return messages
