@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from kestrel.errors import BrokerError, BrokerNotReady
-from kestrel.process import die_with_parent
+from kestrel.process import die_with_parent, stop_on_signals
 from kestrel.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def fetch_jars(cache_dir: Path, version: str, out: IO[str] = sys.stderr) -> Path
     transcript: list[str] = []
     for line in proc.stdout:
         transcript.append(line)
-        if "Downloaded from" in line or "ERROR" in line:
+        if ("Downloaded from" in line and ".jar " in line) or "ERROR" in line:
             print("  " + line.strip().removeprefix("[INFO] "), file=out, flush=True)
     if proc.wait() != 0:
         tail = "".join(transcript[-25:])
@@ -415,12 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             fetch_jars(cfg.cache_dir, cfg.version)
         elif args.command == "run":
+            stop = stop_on_signals()
             with running_broker(settings) as broker:
                 print(f"Kafka {cfg.version} ready on {cfg.bootstrap_servers}; Ctrl-C stops it")
-                signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-                with contextlib.suppress(KeyboardInterrupt):
-                    assert broker.proc is not None
-                    broker.proc.wait()
+                while not stop.wait(0.5) and broker.proc is not None:
+                    if broker.proc.poll() is not None:
+                        print(f"Kafka exited; log tail:\n{broker.log_tail()}", file=sys.stderr)
+                        return 1
         elif args.command == "start":
             fetch_jars(cfg.cache_dir, cfg.version)
             LocalKafka(cfg, tie_to_parent=False).start()

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from kestrel.broker import running_broker
-from kestrel.process import die_with_parent
+from kestrel.process import die_with_parent, stop_on_signals
 from kestrel.settings import Settings, child_environment, get_settings
 from kestrel.topics import ensure_topics
 
@@ -90,13 +87,7 @@ def roles(settings: Settings, logs: Path) -> list[Child]:
 
 
 def run(settings: Settings) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with running_broker(settings) as broker:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import uuid
-from types import FrameType
 
 from confluent_kafka import Consumer
 
+from kestrel.process import stop_on_signals
 from kestrel.settings import get_settings
 
 
@@ -29,16 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     topic = settings.topic(args.topic)
     consumer.subscribe([topic])
-    running = True
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal running
-        running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = stop_on_signals()
     try:
-        while running:
+        while not stop.is_set():
             msg = consumer.poll(0.5)
             if msg is None:
                 continue

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
-from types import FrameType
 
 import orjson
 
 from kestrel.collectors.system import SystemSampler
+from kestrel.process import stop_on_signals
 from kestrel.producer import KestrelProducer
 from kestrel.settings import get_settings
 from kestrel.topics import METRICS_SYSTEM
@@ -32,19 +31,12 @@ def run_system(rate_hz: float, duration_s: float | None) -> int:
     producer = KestrelProducer(settings)
     topic = METRICS_SYSTEM.name(settings)
     sampler = SystemSampler()
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = stop_on_signals()
     period = 1.0 / rate_hz
     started = next_at = time.monotonic()
     sent = 0
     log.info("system collector: %.0f Hz to %s on %s", rate_hz, topic, settings.bootstrap_servers)
-    while not stopping and (duration_s is None or time.monotonic() - started < duration_s):
+    while not stop.is_set() and (duration_s is None or time.monotonic() - started < duration_s):
         now_ms = time.time_ns() // 1_000_000
         producer.send(
             topic, envelope("system", now_ms, sampler.sample()), b"system", timestamp_ms=now_ms
@@ -52,7 +44,7 @@ def run_system(rate_hz: float, duration_s: float | None) -> int:
         sent += 1
         next_at += period
         # A fixed schedule, not sleep(period): sampling time does not stretch the rate.
-        time.sleep(max(0.0, next_at - time.monotonic()))
+        stop.wait(max(0.0, next_at - time.monotonic()))
     undelivered = producer.flush()
     log.info(
         "system collector stopped: %d sent, %d failed, %d undelivered",
