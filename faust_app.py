@@ -10,8 +10,7 @@ Agents and tables register themselves on ``app`` when the worker autodiscovers t
 
 from __future__ import annotations
 
-import faust
-
+from kestrel.faust_compat import KestrelApp
 from kestrel.settings import get_settings
 
 settings = get_settings()
@@ -19,7 +18,7 @@ worker_dir = (settings.data_dir / "faust" / settings.app_id("stream")).resolve()
 # Faust creates only the last level of its datadir; the levels above are ours.
 worker_dir.parent.mkdir(parents=True, exist_ok=True)
 
-app = faust.App(
+app = KestrelApp(
     settings.app_id("stream"),
     broker=settings.broker_url,
     store=settings.store,
@@ -28,8 +27,9 @@ app = faust.App(
     datadir=str(worker_dir),
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=settings.topic_replication,
-    table_cleanup_interval=settings.table_cleanup_interval_s,
     consumer_auto_offset_reset="earliest",
-    # The dashboard is its own Starlette app; the worker's aiohttp pages are unused.
-    web_enabled=False,
+    broker_commit_interval=settings.commit_interval_s,
+    # A killed worker's partitions move after this, not after Faust's default 60 s.
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=settings.session_timeout_s / 5,
 )
