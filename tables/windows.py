@@ -1,0 +1,343 @@
+"""Tumbling event-time windows with grace, in the semantics of Kafka Streams.
+
+Pure logic, no Faust: :mod:`tables.metric_windows` persists it and
+:mod:`agents.telemetry` drives it.
+
+* Each input partition has its own **stream time**: the largest sample timestamp seen.
+* A sample falls in window ``[start, start + size)`` with ``start = ts - ts % size``.
+* A window **closes** once stream time reaches ``end + grace``; it is then emitted
+  once and never changes again.
+* A sample whose window has closed is **late**: it is not counted, it is reported
+  (per window size, as Kafka Streams drops per aggregation) for the late-events topic.
+* Each window remembers the highest input offset applied to it, so replaying a
+  message after a crash never counts it twice in that window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kestrel.schemas import MetricEnvelope
+from tables.sketch import DDSketch
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One window size: its name on the wire, its length and its grace period."""
+
+    name: str
+    size_ms: int
+    grace_ms: int
+
+
+def default_specs(grace_ms: int) -> tuple[WindowSpec, ...]:
+    """The digest's windows: 1 s, 10 s and 5 min, with one grace period."""
+    return (
+        WindowSpec("1s", 1_000, grace_ms),
+        WindowSpec("10s", 10_000, grace_ms),
+        WindowSpec("5m", 300_000, grace_ms),
+    )
+
+
+@dataclass
+class SampleBatch:
+    """The samples of one message: one source, rows of timestamps, columns of fields.
+
+    ``fields`` maps a field name to a float array as long as ``timestamps``; NaN marks
+    a sample in which that field was null (unknown, not counted).
+    """
+
+    source: str
+    timestamps: IntArray
+    fields: dict[str, FloatArray]
+
+    @classmethod
+    def from_envelope(cls, envelope: MetricEnvelope) -> SampleBatch:
+        """Columns of the envelope's samples, or its single ``data`` sample."""
+        if envelope.samples is None:
+            timestamps = [envelope.timestamp]
+            columns = {name: [value] for name, value in envelope.data.items()}
+        else:
+            timestamps = envelope.samples.timestamp
+            columns = envelope.samples.data
+        return cls(
+            envelope.source,
+            np.asarray(timestamps, dtype=np.int64),
+            # None becomes NaN in a float64 array.
+            {name: np.asarray(column, dtype=np.float64) for name, column in columns.items()},
+        )
+
+    @property
+    def values(self) -> int:
+        """How many non-null values (samples of one field) the batch carries."""
+        return sum(int(np.count_nonzero(~np.isnan(v))) for v in self.fields.values())
+
+
+class WindowState:
+    """The running statistics of one field of one source in one window."""
+
+    __slots__ = (
+        "closed",
+        "count",
+        "last",
+        "last_ts",
+        "maximum",
+        "minimum",
+        "offset",
+        "sketch",
+        "total",
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.minimum = math.inf
+        self.maximum = -math.inf
+        self.last = math.nan
+        self.last_ts = -1
+        self.sketch = DDSketch()
+        self.offset = -1
+        self.closed = False
+
+    def add(self, values: FloatArray, timestamps: IntArray) -> None:
+        """Add non-null values with their timestamps (one field, one window)."""
+        if values.size == 0:
+            return
+        self.count += int(values.size)
+        self.total += float(values.sum())
+        self.minimum = min(self.minimum, float(values.min()))
+        self.maximum = max(self.maximum, float(values.max()))
+        newest = int(np.argmax(timestamps))  # first of the latest timestamps
+        if int(timestamps[newest]) >= self.last_ts:
+            self.last_ts = int(timestamps[newest])
+            self.last = float(values[newest])
+        self.sketch.add_many(values)
+
+    def stats(self) -> dict[str, Any]:
+        """count, sum, mean, min, max, last and p50/p95/p99 (None while empty)."""
+        empty = self.count == 0
+        return {
+            "count": self.count,
+            "sum": self.total,
+            "mean": None if empty else self.total / self.count,
+            "min": None if empty else self.minimum,
+            "max": None if empty else self.maximum,
+            "last": None if empty else self.last,
+            "p50": self.sketch.quantile(0.50),
+            "p95": self.sketch.quantile(0.95),
+            "p99": self.sketch.quantile(0.99),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.count,
+            "s": self.total,
+            "lo": None if self.count == 0 else self.minimum,
+            "hi": None if self.count == 0 else self.maximum,
+            "l": None if self.count == 0 else self.last,
+            "lt": self.last_ts,
+            "q": self.sketch.to_json(),
+            "o": self.offset,
+            "c": self.closed,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WindowState:
+        state = cls()
+        state.count = int(data["n"])
+        state.total = float(data["s"])
+        if state.count:
+            state.minimum, state.maximum = float(data["lo"]), float(data["hi"])
+            state.last = float(data["l"])
+        state.last_ts = int(data["lt"])
+        state.sketch = DDSketch.from_json(data["q"])
+        state.offset = int(data["o"])
+        state.closed = bool(data["c"])
+        return state
+
+
+@dataclass(frozen=True)
+class WindowKey:
+    """Which window: source, field, size and start. ``|`` occurs in none of them."""
+
+    source: str
+    field: str
+    window: str
+    start_ms: int
+
+    def aggregate_key(self) -> str:
+        """The compaction key on ``metrics.aggregates``."""
+        return f"{self.source}|{self.field}|{self.window}|{self.start_ms}"
+
+
+@dataclass
+class LateSamples:
+    """Samples of one message that arrived after their window (of one size) closed."""
+
+    source: str
+    window: str
+    window_start_ms: int
+    stream_time_ms: int
+    timestamps: list[int]
+    fields: dict[str, list[float | None]]
+
+
+@dataclass
+class ClosedWindow:
+    key: WindowKey
+    state: WindowState
+    size_ms: int
+
+
+@dataclass
+class PartitionWindows:
+    """Every open window of one input partition, its stream time and its progress."""
+
+    partition: int
+    specs: tuple[WindowSpec, ...]
+    windows: dict[WindowKey, WindowState] = field(default_factory=dict)
+    stream_time_ms: int = -1
+    #: Highest input offset fully applied and persisted (the marker); replays at or
+    #: below it are skipped whole.
+    marker_offset: int = -1
+    #: Highest input offset applied in memory (persisted at the next flush).
+    applied_offset: int = -1
+    dirty: set[WindowKey] = field(default_factory=set)
+    late_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    _by_start: dict[tuple[str, int], set[WindowKey]] = field(
+        default_factory=lambda: defaultdict(set)
+    )
+
+    def restore(self, key: WindowKey, state: WindowState) -> None:
+        """Put back a window read from the table after a restart or rebalance."""
+        self.windows[key] = state
+        self._by_start[(key.window, key.start_ms)].add(key)
+
+    def already_applied(self, offset: int) -> bool:
+        return offset <= self.marker_offset
+
+    def apply(self, batch: SampleBatch, offset: int) -> list[LateSamples]:
+        """Add one message's samples to their windows; return those that came late."""
+        late: list[LateSamples] = []
+        stream_time = self.stream_time_ms  # lateness is judged before this message
+        for spec in self.specs:
+            starts = batch.timestamps - batch.timestamps % spec.size_ms
+            for start in np.unique(starts).tolist():
+                rows = starts == start
+                timestamps = batch.timestamps[rows]
+                if start + spec.size_ms + spec.grace_ms <= stream_time:
+                    late.append(self._late(batch, spec, start, rows, stream_time))
+                    continue
+                for name, column in batch.fields.items():
+                    self._add(
+                        WindowKey(batch.source, name, spec.name, start),
+                        column[rows],
+                        timestamps,
+                        offset,
+                        late,
+                        spec,
+                        stream_time,
+                    )
+        self.stream_time_ms = max(stream_time, int(batch.timestamps.max()))
+        self.applied_offset = max(self.applied_offset, offset)
+        return late
+
+    def _add(
+        self,
+        key: WindowKey,
+        column: FloatArray,
+        timestamps: IntArray,
+        offset: int,
+        late: list[LateSamples],
+        spec: WindowSpec,
+        stream_time: int,
+    ) -> None:
+        state = self.windows.get(key)
+        if state is None:
+            state = self.windows[key] = WindowState()
+            self._by_start[(key.window, key.start_ms)].add(key)
+        elif state.offset >= offset:
+            return  # replayed after a crash: this window already holds it
+        elif state.closed:
+            # Closed by an earlier flush whose stream time was not yet persisted.
+            values = {key.field: [None if math.isnan(v) else v for v in column.tolist()]}
+            late.append(
+                LateSamples(
+                    key.source, spec.name, key.start_ms, stream_time, timestamps.tolist(), values
+                )
+            )
+            self.late_counts[(key.source, spec.name)] += int(np.count_nonzero(~np.isnan(column)))
+            return
+        known = ~np.isnan(column)
+        state.add(column[known], timestamps[known])
+        state.offset = offset
+        self.dirty.add(key)
+
+    def _late(
+        self,
+        batch: SampleBatch,
+        spec: WindowSpec,
+        start: int,
+        rows: npt.NDArray[np.bool_],
+        stream_time: int,
+    ) -> LateSamples:
+        fields = {
+            name: [None if math.isnan(v) else v for v in column[rows].tolist()]
+            for name, column in batch.fields.items()
+        }
+        count = sum(sum(1 for v in values if v is not None) for values in fields.values())
+        self.late_counts[(batch.source, spec.name)] += count
+        return LateSamples(
+            batch.source, spec.name, start, stream_time, batch.timestamps[rows].tolist(), fields
+        )
+
+    def close_due(self) -> list[ClosedWindow]:
+        """Windows whose end plus grace stream time has reached; marks them closed."""
+        closed: list[ClosedWindow] = []
+        sizes = {spec.name: spec for spec in self.specs}
+        for window, start in list(self._by_start):
+            spec = sizes[window]
+            if start + spec.size_ms + spec.grace_ms > self.stream_time_ms:
+                continue
+            for key in self._by_start[(window, start)]:
+                state = self.windows[key]
+                if not state.closed:
+                    state.closed = True
+                    self.dirty.add(key)
+                    closed.append(ClosedWindow(key, state, spec.size_ms))
+        return closed
+
+    def forget_closed(self) -> list[WindowKey]:
+        """Drop windows whose closed state is already persisted; return their keys.
+
+        A window is dropped one flush after it closed: by then the marker written after
+        its closed state covers every offset it holds, so no replay can reach it.
+        """
+        gone: list[WindowKey] = []
+        for group, keys in list(self._by_start.items()):
+            for key in list(keys):
+                state = self.windows[key]
+                if state.closed and key not in self.dirty:
+                    del self.windows[key]
+                    keys.discard(key)
+                    gone.append(key)
+            if not keys:
+                del self._by_start[group]
+        return gone
+
+    def open_windows(self, source: str | None = None) -> dict[WindowKey, WindowState]:
+        """Running (not yet closed) windows, for reading their value while open."""
+        return {
+            key: state
+            for key, state in self.windows.items()
+            if not state.closed and (source is None or key.source == source)
+        }

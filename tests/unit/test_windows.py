@@ -1,0 +1,109 @@
+"""Window semantics without a broker: boundaries, grace, lateness, replays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tables.windows import PartitionWindows, SampleBatch, WindowKey, WindowSpec, WindowState
+
+ONE_S = (WindowSpec("1s", 1_000, 500),)
+
+
+def batch(source: str, rows: list[tuple[int, float | None]], field: str = "x") -> SampleBatch:
+    return SampleBatch(
+        source,
+        np.array([t for t, _ in rows], dtype=np.int64),
+        {field: np.array([np.nan if v is None else v for _, v in rows], dtype=np.float64)},
+    )
+
+
+def closed(windows: PartitionWindows) -> dict[tuple[str, int], tuple[int, float]]:
+    return {
+        (c.key.window, c.key.start_ms): (c.state.count, c.state.total) for c in windows.close_due()
+    }
+
+
+def test_samples_fall_in_half_open_windows() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(999, 1.0), (1000, 2.0), (1999, 4.0), (2000, 8.0)]), offset=0)
+    w.apply(batch("ui", [(10_000, 0.0)]), offset=1)  # stream time passes every window
+    assert closed(w) == {("1s", 0): (1, 1.0), ("1s", 1000): (2, 6.0), ("1s", 2000): (1, 8.0)}
+
+
+def test_a_window_closes_exactly_at_end_plus_grace_of_stream_time() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(100, 1.0)]), offset=0)
+    w.apply(batch("ui", [(1499, 1.0)]), offset=1)  # end 1000 + grace 500 not reached
+    assert closed(w) == {}
+    w.apply(batch("ui", [(1500, 1.0)]), offset=2)
+    assert closed(w) == {("1s", 0): (1, 1.0)}
+    assert closed(w) == {}, "a window closes once"
+
+
+def test_within_grace_counts_after_grace_is_late() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(100, 1.0), (1400, 1.0)]), offset=0)
+    assert w.apply(batch("ui", [(900, 2.0)]), offset=1) == []  # out of order, in grace
+    w.apply(batch("ui", [(1600, 1.0)]), offset=2)
+    late = w.apply(batch("ui", [(950, 5.0), (1700, 1.0)]), offset=3)
+    assert [(s.window, s.window_start_ms, s.timestamps, s.fields) for s in late] == [
+        ("1s", 0, [950], {"x": [5.0]})
+    ]
+    assert w.late_counts[("ui", "1s")] == 1
+    assert closed(w) == {("1s", 0): (2, 3.0)}
+
+
+def test_lateness_is_judged_per_window_size() -> None:
+    specs = (WindowSpec("1s", 1_000, 0), WindowSpec("10s", 10_000, 0))
+    w = PartitionWindows(0, specs)
+    w.apply(batch("ui", [(5_000, 1.0)]), offset=0)
+    late = w.apply(batch("ui", [(3_000, 2.0)]), offset=1)
+    assert [s.window for s in late] == ["1s"]  # still on time for its 10 s window
+    ten = w.windows[WindowKey("ui", "x", "10s", 0)]
+    assert (ten.count, ten.total) == (2, 3.0)
+
+
+def test_nulls_are_not_counted() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(1, 2.0), (2, None), (3, 4.0)]), offset=0)
+    state = w.windows[WindowKey("ui", "x", "1s", 0)]
+    assert state.stats() | {"p50": None, "p95": None, "p99": None} == {
+        "count": 2,
+        "sum": 6.0,
+        "mean": 3.0,
+        "min": 2.0,
+        "max": 4.0,
+        "last": 4.0,
+        "p50": None,
+        "p95": None,
+        "p99": None,
+    }
+
+
+def test_a_replayed_message_is_not_counted_twice() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(100, 1.0)]), offset=7)
+    w.apply(batch("ui", [(200, 1.0)]), offset=7)  # the same offset again, as after a crash
+    assert w.windows[WindowKey("ui", "x", "1s", 0)].count == 1
+
+
+def test_state_survives_the_changelog_round_trip() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(100, 1.0), (300, -2.5), (200, 9.0)]), offset=3)
+    key = WindowKey("ui", "x", "1s", 0)
+    again = WindowState.from_json(w.windows[key].to_json())
+    assert again.stats() == w.windows[key].stats()
+    assert again.stats()["last"] == -2.5  # by timestamp, not by arrival
+    assert (again.offset, again.closed) == (3, False)
+
+
+def test_closed_windows_are_forgotten_once_persisted() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(100, 1.0)]), offset=0)
+    w.apply(batch("ui", [(5_000, 1.0)]), offset=1)
+    assert len(w.close_due()) == 1
+    assert w.forget_closed() == [], "not before its closed state is written"
+    w.dirty.clear()  # the flush wrote it
+    assert w.forget_closed() == [WindowKey("ui", "x", "1s", 0)]
+    late = w.apply(batch("ui", [(200, 1.0)]), offset=2)
+    assert [s.window_start_ms for s in late] == [0]
