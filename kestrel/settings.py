@@ -62,13 +62,28 @@ class Settings(BaseSettings):
     store: str = Field("memory://", description="Faust table store; changelogs back it.")
     web_port: int = Field(6066, ge=1, le=65535, description="Faust worker's own web port.")
     log_level: LogLevel = "info"
-    window_expires_s: float = Field(
-        2.0,
-        gt=0,
-        description="How long a 1 s window stays open after its end before it is emitted.",
+    window_grace_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long after its end a window still accepts out-of-order samples.",
     )
-    table_cleanup_interval_s: float = Field(
-        0.5, gt=0, description="How often Faust checks for windows to close."
+    flush_interval_s: float = Field(
+        0.2,
+        gt=0,
+        description="How often window state is persisted and closed windows are emitted.",
+    )
+    session_timeout_s: float = Field(
+        10.0,
+        ge=6,
+        description="How long the group waits for a silent worker before moving its partitions.",
+    )
+    commit_interval_s: float = Field(
+        2.8, gt=0, description="How often a worker commits its consumer offsets (Faust's)."
+    )
+    source_max_hz: float = Field(
+        60.0,
+        gt=0,
+        description="Samples per second one source may send; more goes to the dead letters.",
     )
 
     @field_validator("broker_url")

@@ -69,6 +69,11 @@ METRICS_AGGREGATES = TopicSpec(
     key="source|field|window|window_start_ms",
     compacted=True,
 )
+METRICS_LATE = TopicSpec(
+    "metrics.late",
+    doc="Samples that came after their window closed (beyond grace): counted, kept here.",
+    key="source",
+)
 DEADLETTER = TopicSpec(
     "deadletter",
     doc="Messages that failed validation: original key and value, reason in headers.",
@@ -78,7 +83,12 @@ DEADLETTER = TopicSpec(
 )
 
 COLLECTOR_TOPICS: tuple[TopicSpec, ...] = (METRICS_SYSTEM, METRICS_MODEL, METRICS_UI)
-CATALOGUE: tuple[TopicSpec, ...] = (*COLLECTOR_TOPICS, METRICS_AGGREGATES, DEADLETTER)
+CATALOGUE: tuple[TopicSpec, ...] = (
+    *COLLECTOR_TOPICS,
+    METRICS_AGGREGATES,
+    METRICS_LATE,
+    DEADLETTER,
+)
 
 
 def faust_topic(app: faust.App, settings: Settings, *specs: TopicSpec) -> faust.TopicT:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from kestrel.schemas.metrics import MetricEnvelope, WindowAggregate
+from kestrel.schemas.metrics import LateSamples, MetricEnvelope, WindowAggregate
 
 HERE = Path(__file__).parent
 SCHEMAS: dict[str, type[BaseModel]] = {
     "metric_envelope.json": MetricEnvelope,
     "window_aggregate.json": WindowAggregate,
+    "late_samples.json": LateSamples,
 }
 
 

@@ -7,13 +7,29 @@ by ``source``. Downstream consumers read the JSON Schema files beside this modul
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from kestrel.errors import InvalidMessage
 
 SOURCE_PATTERN = r"^(system|ui|model:[A-Za-z0-9._/-]{1,100})$"
+FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+#: Which collector topic each kind of source publishes to.
+SOURCE_TOPICS = {"system": "metrics.system", "ui": "metrics.ui", "model": "metrics.model"}
+
+
+def topic_suffix_for(source: str) -> str:
+    """The collector topic (without namespace) a source belongs on."""
+    return SOURCE_TOPICS[source.partition(":")[0]]
 
 
 class EnergyVisual(BaseModel):
@@ -33,15 +49,45 @@ class UxAlerts(BaseModel):
     input_lag_warning: bool
 
 
+class SampleColumns(BaseModel):
+    """Every sample of one collector interval, column by column.
+
+    ``timestamp[i]`` is the event time of row ``i``; ``data[field][i]`` its value (null:
+    unknown). Rows are in timestamp order.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    timestamp: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    data: dict[FieldName, list[float | None]]
+
+    @model_validator(mode="after")
+    def _rectangular_and_ordered(self) -> Self:
+        rows = len(self.timestamp)
+        for name, column in self.data.items():
+            if len(column) != rows:
+                raise ValueError(f"data.{name} has {len(column)} values for {rows} timestamps")
+        if any(b < a for a, b in zip(self.timestamp, self.timestamp[1:], strict=False)):
+            raise ValueError("timestamps are not in ascending order")
+        return self
+
+
 class MetricEnvelope(BaseModel):
-    """One collector message: a source's metric values at one instant."""
+    """One collector message: the digest's envelope, optionally carrying a batch.
+
+    ``timestamp`` and ``data`` hold the latest sample, so a consumer that knows only
+    the digest's envelope reads it unchanged. A collector that samples faster than it
+    publishes adds ``samples`` with every sample of the interval (the latest included);
+    the stream worker then counts those instead of ``data``.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     timestamp: int = Field(gt=0, description="Event time, epoch milliseconds.")
     source: str = Field(pattern=SOURCE_PATTERN, description='"system", "ui" or "model:<name>".')
     type: Literal["metrics", "performance"]
-    data: dict[str, float | None] = Field(description="Field name to value; null if unknown.")
+    data: dict[FieldName, float | None] = Field(description="Field to value; null if unknown.")
+    samples: SampleColumns | None = Field(None, description="Every sample of the interval.")
     window: str | None = Field(None, description='Pre-aggregated window, e.g. "10s_avg".')
     frame_budget_used_ms: float | None = None
     energy_visual: EnergyVisual | None = None
@@ -58,14 +104,34 @@ class WindowAggregate(BaseModel):
     window: Literal["1s", "10s", "5m"]
     window_start_ms: int = Field(description="Inclusive start, epoch ms.")
     window_end_ms: int = Field(description="Exclusive end, epoch ms.")
-    count: int = Field(ge=1)
+    count: int = Field(ge=0, description="Non-null values in the window.")
     sum: float
-    mean: float
+    mean: float | None
+    min: float | None
+    max: float | None
+    last: float | None = Field(description="The value with the latest timestamp.")
+    p50: float | None = Field(description="Quantiles from a DDSketch, within 1 % relative.")
+    p95: float | None
+    p99: float | None
 
     @property
     def key(self) -> str:
         """The compaction key: one record per window survives compaction."""
         return f"{self.source}|{self.field}|{self.window}|{self.window_start_ms}"
+
+
+class LateSamples(BaseModel):
+    """Samples that reached the worker after their window (of one size) had closed."""
+
+    source: str
+    window: Literal["1s", "10s", "5m"]
+    window_start_ms: int
+    stream_time_ms: int = Field(description="The partition's stream time when they came.")
+    timestamp: list[int]
+    data: dict[str, list[float | None]]
+    topic: str
+    partition: int
+    offset: int
 
 
 _REASONS = {"json_invalid": "bad_json", "missing": "missing_field"}

@@ -1,32 +1,35 @@
-"""The window arithmetic of the tracer table, without a broker."""
+"""Keys and published form of the persisted window state, without a broker."""
 
 from __future__ import annotations
 
-from functools import reduce
+import numpy as np
 
-from tables.metric_windows import accumulate, empty, field_key, to_aggregate
-
-
-def test_accumulate_counts_and_sums() -> None:
-    acc = reduce(accumulate, [1.5, 2.25, 4.0], empty())
-    assert acc == [3, 7.75]
-
-
-def test_closed_window_becomes_a_half_open_millisecond_range() -> None:
-    # Faust reports a 1 s window starting at t as (t, t + 0.9).
-    aggregate = to_aggregate(
-        field_key("model:m", "ttft_ms"), (1700000000.0, 1700000000.9), [4, 10.0]
-    )
-    assert aggregate.source == "model:m"
-    assert aggregate.field == "ttft_ms"
-    assert (aggregate.window_start_ms, aggregate.window_end_ms) == (
-        1_700_000_000_000,
-        1_700_000_001_000,
-    )
-    assert (aggregate.count, aggregate.sum, aggregate.mean) == (4, 10.0, 2.5)
-    assert aggregate.key == "model:m|ttft_ms|1s|1700000000000"
+from tables.metric_windows import (
+    PartitionKeyedTable,
+    marker_key,
+    parse_state_key,
+    state_key,
+    to_aggregate,
+)
+from tables.windows import WindowKey, WindowState
 
 
-def test_field_names_may_contain_the_separator() -> None:
-    aggregate = to_aggregate(field_key("ui", "a|b"), (0.0, 0.9), [1, 1.0])
-    assert (aggregate.source, aggregate.field) == ("ui", "a|b")
+def test_state_keys_round_trip_and_name_their_partition() -> None:
+    key = WindowKey("model:llama7b", "ttft_ms", "10s", 1_700_000_000_000)
+    raw = state_key(3, key)
+    assert raw == "3|10s|1700000000000|model:llama7b|ttft_ms"
+    assert parse_state_key(raw) == key
+    assert parse_state_key(marker_key(3, "metrics.model")) is None
+    assert PartitionKeyedTable.partition_for_key(None, raw) == 3  # type: ignore[arg-type]
+    assert PartitionKeyedTable.partition_for_key(None, marker_key(11, "metrics.ui")) == 11  # type: ignore[arg-type]
+
+
+def test_a_closed_window_is_published_with_every_statistic() -> None:
+    state = WindowState()
+    state.add(np.array([4.0, 1.0, 2.0]), np.array([10, 30, 20], dtype=np.int64))
+    aggregate = to_aggregate(WindowKey("ui", "frame_time_ms", "1s", 5_000), state, 1_000)
+    assert aggregate.key == "ui|frame_time_ms|1s|5000"
+    assert (aggregate.window_start_ms, aggregate.window_end_ms) == (5_000, 6_000)
+    assert (aggregate.count, aggregate.sum, aggregate.mean) == (3, 7.0, 7.0 / 3)
+    assert (aggregate.min, aggregate.max, aggregate.last) == (1.0, 4.0, 1.0)
+    assert aggregate.p50 is not None and abs(aggregate.p50 - 2.0) <= 0.02

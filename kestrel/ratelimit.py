@@ -1,0 +1,39 @@
+"""The digest's 60 Hz budget per high-frequency source, on event time."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+
+class SourceRateLimiter:
+    """At most ``max_hz`` samples per source in any whole second of event time.
+
+    A message that would take its source over budget is refused whole (it goes to
+    the dead-letter topic), so nothing of it is counted and a replay of the dead
+    letter cannot count anything twice.
+    """
+
+    def __init__(self, max_hz: float, horizon_s: int = 30) -> None:
+        self.max_per_second = int(max_hz)
+        self.horizon_s = horizon_s
+        self._counts: dict[str, dict[int, int]] = defaultdict(dict)
+        self.refused: dict[str, int] = defaultdict(int)
+
+    def admit(self, source: str, timestamps_ms: Sequence[int]) -> bool:
+        """Count the message's samples against their seconds, if they all fit."""
+        seconds: dict[int, int] = {}
+        for ts in timestamps_ms:
+            second = ts // 1000
+            seconds[second] = seconds.get(second, 0) + 1
+        counts = self._counts[source]
+        if any(counts.get(s, 0) + n > self.max_per_second for s, n in seconds.items()):
+            self.refused[source] += len(timestamps_ms)
+            return False
+        for second, n in seconds.items():
+            counts[second] = counts.get(second, 0) + n
+        newest = max(seconds)
+        if len(counts) > self.horizon_s:
+            for second in [s for s in counts if s < newest - self.horizon_s]:
+                del counts[second]
+        return True

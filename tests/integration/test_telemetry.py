@@ -1,0 +1,248 @@
+"""The telemetry stage end to end, on the project's own broker.
+
+Collector messages -> ``faust -A faust_app worker`` (run as a user runs it) ->
+1 s / 10 s / 5 min windows -> ``metrics.aggregates``, read back by a plain
+confluent-kafka consumer and compared with values computed here from the inputs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from kestrel.broker import LocalKafka
+from kestrel.deadletter import DeadLetter
+from kestrel.settings import Settings
+from kestrel.topics import DEADLETTER, METRICS_AGGREGATES, METRICS_LATE, METRICS_MODEL
+from tests.conftest import settings_for
+from tests.integration.telemetry_helpers import (
+    Row,
+    assert_windows_match,
+    envelope,
+    expected_windows,
+    produce,
+    read_aggregates,
+)
+from tests.kafka_helpers import FaustWorker, read_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+# Event time is the envelope's; any instant works. This one starts a 5-minute window.
+BASE = 1_700_000_100_000
+GRACE_MS = 1_000
+
+
+@pytest.fixture
+def telemetry(kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[Settings, FaustWorker]]:
+    """A stream worker in a fresh namespace (stream time is per partition)."""
+    settings = settings_for(kafka, tmp_path, window_grace_s=GRACE_MS / 1000, flush_interval_s=0.1)
+    worker = FaustWorker(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        yield settings, worker
+    finally:
+        worker.stop()
+
+
+def source() -> str:
+    return f"model:t{uuid.uuid4().hex[:8]}"
+
+
+def rows_for(src: str, start_ms: int, count: int, step_ms: int, seed: int) -> list[Row]:
+    """Integer values (exact float sums), some nulls, at a fixed rate."""
+    rng = np.random.default_rng(seed)
+    return [
+        Row(
+            src,
+            start_ms + i * step_ms,
+            {
+                "tokens_per_second": float(rng.integers(0, 1000)),
+                "ttft_ms": None if i % 7 == 3 else float(rng.integers(20, 400)),
+            },
+        )
+        for i in range(count)
+    ]
+
+
+def messages(rows: list[Row], per_message: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (rows[0].source.encode(), envelope(rows[i : i + per_message]))
+        for i in range(0, len(rows), per_message)
+    ]
+
+
+def interleaved(streams: list[list[Row]], per_message: int) -> list[tuple[bytes, bytes]]:
+    """Messages of several sources in time order, as concurrent collectors send them.
+
+    Stream time is per partition: had one source's whole stream gone first, another
+    source on the same partition would rightly be late.
+    """
+    batches = [
+        (rows[i].ts, rows[0].source.encode(), envelope(rows[i : i + per_message]))
+        for rows in streams
+        for i in range(0, len(rows), per_message)
+    ]
+    return [(key, value) for _, key, value in sorted(batches, key=lambda b: b[0])]
+
+
+def closer(src: str, at_ms: int) -> tuple[bytes, bytes]:
+    """A message whose timestamp moves the partition's stream time to ``at_ms``."""
+    return src.encode(), envelope([Row(src, at_ms, {"tokens_per_second": 0.0})])
+
+
+def test_windows_of_1s_10s_and_5m_are_exact_across_boundaries(
+    telemetry: tuple[Settings, FaustWorker],
+) -> None:
+    settings, _ = telemetry
+    src = source()
+    # 12 s at 20 Hz from 9.0 s: crosses the 10 s and 20 s boundaries, 4 rows a message.
+    rows = rows_for(src, BASE + 9_000, 240, 50, seed=1)
+    produce(settings, METRICS_MODEL.name(settings), messages(rows, 4))
+    produce(settings, METRICS_MODEL.name(settings), [closer(src, BASE + 300_000 + GRACE_MS)])
+
+    expected = expected_windows(rows)
+    assert len(expected) == 2 * (12 + 3 + 1)
+    assert_windows_match(read_aggregates(settings, set(expected)), expected)
+
+
+def test_worker_declares_topics_from_the_catalogue(
+    telemetry: tuple[Settings, FaustWorker],
+) -> None:
+    settings, _ = telemetry
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    topics = admin.list_topics(timeout=10).topics
+    assert len(topics[METRICS_MODEL.name(settings)].partitions) == settings.topic_partitions
+    assert len(topics[DEADLETTER.name(settings)].partitions) == 1
+    resource = ConfigResource(ConfigResource.Type.TOPIC, METRICS_AGGREGATES.name(settings))
+    config = admin.describe_configs([resource])[resource].result(timeout=10)
+    assert config["cleanup.policy"].value == "compact"
+
+
+def test_grace_admits_out_of_order_samples_and_later_ones_go_to_late_events(
+    telemetry: tuple[Settings, FaustWorker],
+) -> None:
+    settings, _ = telemetry
+    src = source()
+
+    def one(ts: int, value: float) -> tuple[bytes, bytes]:
+        return src.encode(), envelope([Row(src, ts, {"x": value})])
+
+    placed = produce(
+        settings,
+        METRICS_MODEL.name(settings),
+        [
+            one(BASE + 100, 1.0),
+            one(BASE + 1_400, 2.0),
+            one(BASE + 900, 4.0),  # out of order, within grace: counted
+            one(BASE + 2_500, 8.0),  # stream time 2.5 s closes [0 s, 1 s)
+            one(BASE + 950, 16.0),  # too late for its 1 s window, on time for 10 s
+            closer(src, BASE + 300_000 + GRACE_MS),
+        ],
+    )
+    first_1s = f"{src}|x|1s|{BASE}"
+    first_10s = f"{src}|x|10s|{BASE}"
+    got = read_aggregates(settings, {first_1s, first_10s})
+    assert (got[first_1s]["count"], got[first_1s]["sum"]) == (2, 5.0)
+    assert (got[first_10s]["count"], got[first_10s]["sum"]) == (5, 31.0)
+
+    late = read_until(settings, METRICS_LATE.name(settings), lambda ms: len(ms) >= 1, timeout_s=30)
+    record = orjson.loads(late[0].value() or b"{}")
+    assert record["window"] == "1s"
+    assert record["window_start_ms"] == BASE
+    assert record["stream_time_ms"] == BASE + 2_500
+    assert (record["timestamp"], record["data"]) == ([BASE + 950], {"x": [16.0]})
+    assert (record["partition"], record["offset"]) == placed[4]
+
+
+def test_bad_messages_go_to_dead_letters_and_the_stream_goes_on(
+    telemetry: tuple[Settings, FaustWorker],
+) -> None:
+    settings, _ = telemetry
+    src = source()
+    key = src.encode()
+    over_budget = [Row(src, BASE + 500 + i, {"x": 1.0}) for i in range(61)]  # 61 in 1 s
+    bad = [
+        (b"{not json", "bad_json"),
+        (orjson.dumps({"source": src, "type": "metrics", "data": {}}), "missing_field"),
+        (
+            orjson.dumps({"timestamp": BASE, "source": src, "type": "metrics", "data": {"x": "a"}}),
+            "invalid_field",
+        ),
+        (envelope([Row("ui", BASE, {"x": 1.0})]), "wrong_topic"),  # ui data on the model topic
+        (envelope(over_budget), "rate_limited"),
+    ]
+    good = [
+        envelope([Row(src, BASE + 10, {"x": 2.0})]),
+        envelope([Row(src, BASE + 20, {"x": 3.0})]),
+    ]
+    sequence = [good[0], *(raw for raw, _ in bad), good[1], closer(src, BASE + 5_000)[1]]
+    placed = produce(settings, METRICS_MODEL.name(settings), [(key, v) for v in sequence])
+
+    letters = read_until(
+        settings,
+        DEADLETTER.name(settings),
+        lambda ms: len(ms) >= len(bad),
+        timeout_s=60,
+    )
+    assert [m.value() for m in letters] == [raw for raw, _ in bad]  # untouched originals
+    for message, (_, reason), (partition, offset) in zip(letters, bad, placed[1:6], strict=True):
+        raw_headers = message.headers() or []
+        pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+        letter = DeadLetter.from_headers({k: v for k, v in pairs if isinstance(v, bytes)})
+        assert letter.reason == reason
+        assert (letter.topic, letter.partition, letter.offset) == (
+            METRICS_MODEL.name(settings),
+            partition,
+            offset,
+        )
+        assert letter.error
+
+    got = read_aggregates(settings, {f"{src}|x|1s|{BASE}"})
+    assert (got[f"{src}|x|1s|{BASE}"]["count"], got[f"{src}|x|1s|{BASE}"]["sum"]) == (2, 5.0)
+
+
+def test_a_worker_killed_mid_stream_resumes_without_losing_or_double_counting(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    # No commit before the kill: the restarted worker must replay all it had done.
+    settings = settings_for(
+        kafka,
+        tmp_path,
+        window_grace_s=GRACE_MS / 1000,
+        flush_interval_s=0.1,
+        commit_interval_s=120,
+        session_timeout_s=6,
+    )
+    sources = [source() for _ in range(3)]
+    streams = {src: rows_for(src, BASE, 600, 50, seed=i) for i, src in enumerate(sources)}
+    split = 400  # rows of each source before the kill; the rest after
+    first = interleaved([streams[src][:split] for src in sources], 4)
+    rest = interleaved([streams[src][split:] for src in sources], 4)
+
+    worker = FaustWorker(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        produce(settings, METRICS_MODEL.name(settings), first)
+        # Mid-stream: windows are being emitted, state is in the table, nothing committed.
+        early = {f"{src}|tokens_per_second|1s|{BASE}" for src in sources}
+        read_aggregates(settings, early)
+        worker.kill()
+
+        produce(settings, METRICS_MODEL.name(settings), rest)
+        produce(
+            settings,
+            METRICS_MODEL.name(settings),
+            [closer(src, BASE + 300_000 + GRACE_MS) for src in sources],
+        )
+        worker.start()
+        expected = expected_windows(row for rows in streams.values() for row in rows)
+        assert_windows_match(read_aggregates(settings, set(expected)), expected)
+        assert "replayed messages already in the windows" in worker.log_since_start()
+    finally:
+        worker.stop()
