@@ -7,6 +7,8 @@ confluent-kafka consumer and compared with values computed here from the inputs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +19,9 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from kestrel.broker import LocalKafka
+from kestrel.collectors.model import ModelMetrics
 from kestrel.deadletter import DeadLetter
-from kestrel.settings import Settings
+from kestrel.settings import Settings, child_environment
 from kestrel.topics import DEADLETTER, METRICS_AGGREGATES, METRICS_LATE, METRICS_MODEL
 from tests.conftest import settings_for
 from tests.integration.telemetry_helpers import (
@@ -246,3 +249,40 @@ def test_a_worker_killed_mid_stream_resumes_without_losing_or_double_counting(
         assert "replayed messages already in the windows" in worker.log_since_start()
     finally:
         worker.stop()
+
+
+def test_the_model_metrics_client_feeds_the_windows(
+    telemetry: tuple[Settings, FaustWorker],
+) -> None:
+    settings, _ = telemetry
+    src = source()
+    rows = rows_for(src, BASE, 120, 25, seed=5)  # 40 Hz for 3 s
+    with ModelMetrics(src, settings, interval_s=0.05) as metrics:
+        for row in rows:
+            assert metrics.record(row.ts, **row.data)
+        metrics.record(BASE + 10_000 + GRACE_MS, tokens_per_second=0.0)  # closes them
+    expected = expected_windows(rows, windows=["1s"])
+    assert_windows_match(read_aggregates(settings, set(expected)), expected)
+
+
+def test_the_model_cli_reads_json_lines(telemetry: tuple[Settings, FaustWorker]) -> None:
+    settings, _ = telemetry
+    src = source()
+    lines = [f'{{"timestamp": {BASE + 100 * i}, "queue_wait_ms": {i}}}' for i in range(10)]
+    lines += ["not json", f'{{"timestamp": {BASE + 5_000}, "queue_wait_ms": 0}}']
+    result = subprocess.run(
+        [sys.executable, "-m", "kestrel.collectors.cli", "model", "--source", src],
+        input="\n".join(lines),
+        text=True,
+        capture_output=True,
+        env=child_environment(settings),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr  # one bad line, said so
+    assert "line 11 skipped" in result.stderr
+    got = read_aggregates(settings, {f"{src}|queue_wait_ms|1s|{BASE}"})
+    assert (
+        got[f"{src}|queue_wait_ms|1s|{BASE}"]["count"],
+        got[f"{src}|queue_wait_ms|1s|{BASE}"]["sum"],
+    ) == (10, 45.0)
