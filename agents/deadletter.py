@@ -9,17 +9,23 @@ import faust
 from faust_app import app, settings
 from kestrel.deadletter import DeadLetter
 from kestrel.errors import InvalidMessage
+from kestrel.producer import KestrelProducer
 from kestrel.topics import DEADLETTER, faust_topic
 
 log = logging.getLogger(__name__)
 
+# Declared so the worker creates it with the catalogue's partitions and retention.
 deadletter_topic = faust_topic(app, settings, DEADLETTER)
 
 
-async def send_to_dead_letter(
-    event: faust.EventT[bytes], error: InvalidMessage, stage: str
+def send_to_dead_letter(
+    producer: KestrelProducer, event: faust.EventT[bytes], error: InvalidMessage, stage: str
 ) -> None:
-    """Publish the original key and value untouched, the context in headers."""
+    """Queue the original key and value, untouched, with the context in headers.
+
+    The caller flushes ``producer`` before it acks ``event``, so a dead letter is never
+    lost to a crash.
+    """
     message = event.message
     letter = DeadLetter(
         reason=error.reason,
@@ -37,4 +43,6 @@ async def send_to_dead_letter(
         stage,
         error,
     )
-    await deadletter_topic.send(key=message.key, value=message.value, headers=letter.headers())
+    producer.send(
+        deadletter_topic.get_topic_name(), message.value, message.key, headers=letter.headers()
+    )

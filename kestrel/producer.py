@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from kestrel.errors import KestrelError
 from kestrel.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ProducerFlushError(KestrelError):
+    """Messages could not be delivered; whoever was waiting must not ack its input."""
+
+    retriable = True
 
 
 class KestrelProducer:
@@ -37,14 +45,17 @@ class KestrelProducer:
     def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None = None,
         *,
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Queue one message; when the local queue is full, wait for room (backpressure)."""
+        """Queue one message (``value=None``: a tombstone); wait for room when full."""
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
         if timestamp_ms is not None:
             kwargs["timestamp"] = timestamp_ms
         if headers:
@@ -61,3 +72,18 @@ class KestrelProducer:
         """Wait for outstanding deliveries; return how many are still undelivered."""
         remaining: int = self._producer.flush(timeout_s)
         return remaining
+
+    async def flush_async(self, timeout_s: float = 30.0) -> None:
+        """Wait for every queued message to be acknowledged, off the event loop.
+
+        Raises :class:`ProducerFlushError` if some are still undelivered or any failed
+        since the last flush: a caller that acks its input only after this returns
+        never acks what it could not write.
+        """
+        failed_before = self.failed
+        remaining = await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout_s)
+        if remaining or self.failed != failed_before:
+            raise ProducerFlushError(
+                f"{remaining} messages undelivered and {self.failed - failed_before} failed "
+                f"after {timeout_s:.0f}s"
+            )

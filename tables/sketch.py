@@ -62,6 +62,15 @@ class DDSketch:
         if negative.size:
             _add_into(self.negative, _bucket_counts(negative))
 
+    def merge_counts(
+        self, positive: dict[int, int], negative: dict[int, int], zero: int, count: int
+    ) -> None:
+        """Add bucket counts computed elsewhere (see :func:`bucket_keys`)."""
+        _add_into(self.positive, positive)
+        _add_into(self.negative, negative)
+        self.zero += zero
+        self.count += count
+
     def merge(self, other: DDSketch) -> None:
         _add_into(self.positive, other.positive)
         _add_into(self.negative, other.negative)
@@ -104,6 +113,44 @@ class DDSketch:
         sketch.zero = int(data["z"])
         sketch.count = sketch.zero + sum(sketch.positive.values()) + sum(sketch.negative.values())
         return sketch
+
+
+def bucket_keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """Each value's bucket: ``k`` for positive ``v``, ``-k`` for negative, 0 for zero.
+
+    Bucket keys of indexable magnitudes are never 0 below ``MIN_INDEXABLE``'s
+    bucket, so 0 is free to mean "zero" here; NaNs map to 0 too and must be masked.
+    """
+    magnitudes = np.abs(values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keys = np.ceil(np.log(magnitudes) / LOG_GAMMA)
+    keys = np.where(magnitudes >= MIN_INDEXABLE, keys, 0.0)
+    keys = np.nan_to_num(keys, nan=0.0)
+    return (np.sign(values).astype(np.int64) * (keys.astype(np.int64) + KEY_SHIFT)) * (
+        magnitudes >= MIN_INDEXABLE
+    )
+
+
+#: Added to every bucket key so that none is 0: ``log(MIN_INDEXABLE) / LOG_GAMMA`` is
+#: about -1036, and keys of larger magnitudes are greater.
+KEY_SHIFT = 2048
+
+
+def split_keys(keys: list[int]) -> tuple[dict[int, int], dict[int, int], int]:
+    """Bucket counts per sign and the zero count, from :func:`bucket_keys` output."""
+    positive: dict[int, int] = {}
+    negative: dict[int, int] = {}
+    zero = 0
+    for key in keys:
+        if key > 0:
+            k = key - KEY_SHIFT
+            positive[k] = positive.get(k, 0) + 1
+        elif key < 0:
+            k = -key - KEY_SHIFT
+            negative[k] = negative.get(k, 0) + 1
+        else:
+            zero += 1
+    return positive, negative, zero
 
 
 def _value(key: int) -> float:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from kestrel.schemas import MetricEnvelope
-from tables.sketch import DDSketch
+from tables.sketch import DDSketch, bucket_keys, split_keys
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -82,6 +83,50 @@ class SampleBatch:
         return sum(int(np.count_nonzero(~np.isnan(v))) for v in self.fields.values())
 
 
+@dataclass
+class RowStats:
+    """count, sum, min, max, last and sketch buckets of each field over some rows.
+
+    Computed once per message (numpy over all fields at once) and merged into each
+    window size the rows fall in: a message's rows usually share their 1 s, 10 s and
+    5 min windows, so the work is not repeated three times.
+    """
+
+    counts: list[int]
+    sums: list[float]
+    mins: list[float]
+    maxs: list[float]
+    lasts: list[float]
+    last_ts: list[int]
+    buckets: list[tuple[dict[int, int], dict[int, int], int]]
+
+    @classmethod
+    def of(cls, values: FloatArray, timestamps: IntArray) -> RowStats:
+        """Statistics of ``values`` (fields x rows, NaN = null) at ``timestamps``."""
+        known = ~np.isnan(values)
+        rows = values.shape[1]
+        with np.errstate(invalid="ignore"):
+            mins = np.fmin.reduce(values, axis=1)
+            maxs = np.fmax.reduce(values, axis=1)
+        # Rows are in timestamp order: the last known value of a field is its latest.
+        last_index = rows - 1 - np.argmax(known[:, ::-1], axis=1)
+        fields = np.arange(values.shape[0])
+        keys = bucket_keys(np.where(known, values, 0.0)).tolist()
+        known_rows = known.tolist()
+        return cls(
+            counts=known.sum(axis=1).tolist(),
+            sums=np.where(known, values, 0.0).sum(axis=1).tolist(),
+            mins=mins.tolist(),
+            maxs=maxs.tolist(),
+            lasts=values[fields, last_index].tolist(),
+            last_ts=timestamps[last_index].tolist(),
+            buckets=[
+                split_keys([k for k, ok in zip(field_keys, ok_row, strict=True) if ok])
+                for field_keys, ok_row in zip(keys, known_rows, strict=True)
+            ],
+        )
+
+
 class WindowState:
     """The running statistics of one field of one source in one window."""
 
@@ -121,6 +166,21 @@ class WindowState:
             self.last_ts = int(timestamps[newest])
             self.last = float(values[newest])
         self.sketch.add_many(values)
+
+    def merge(self, stats: RowStats, i: int) -> None:
+        """Add field ``i`` of a message's precomputed statistics (one window's rows)."""
+        count = stats.counts[i]
+        if count == 0:
+            return
+        self.count += count
+        self.total += stats.sums[i]
+        self.minimum = min(self.minimum, stats.mins[i])
+        self.maximum = max(self.maximum, stats.maxs[i])
+        if stats.last_ts[i] >= self.last_ts:
+            self.last_ts = stats.last_ts[i]
+            self.last = stats.lasts[i]
+        positive, negative, zero = stats.buckets[i]
+        self.sketch.merge_counts(positive, negative, zero, count)
 
     def stats(self) -> dict[str, Any]:
         """count, sum, mean, min, max, last and p50/p95/p99 (None while empty)."""
@@ -229,37 +289,49 @@ class PartitionWindows:
         """Add one message's samples to their windows; return those that came late."""
         late: list[LateSamples] = []
         stream_time = self.stream_time_ms  # lateness is judged before this message
+        names = list(batch.fields)
+        values = np.vstack([batch.fields[name] for name in names])
+        ts = batch.timestamps
+        if ts.size > 1 and bool((np.diff(ts) < 0).any()):
+            # Envelopes are validated in order; anything else is sorted here, since
+            # each window's rows must form one slice.
+            order = np.argsort(ts, kind="stable")
+            ts, values = ts[order], values[:, order]
+            batch = SampleBatch(batch.source, ts, {n: values[i] for i, n in enumerate(names)})
+        computed: dict[tuple[int, int], RowStats] = {}
         for spec in self.specs:
-            starts = batch.timestamps - batch.timestamps % spec.size_ms
-            for start in np.unique(starts).tolist():
-                rows = starts == start
-                timestamps = batch.timestamps[rows]
+            starts = ts - ts % spec.size_ms
+            # Rows are in timestamp order, so each window's rows are one slice.
+            cuts = np.flatnonzero(np.diff(starts)) + 1
+            bounds = [0, *cuts.tolist(), len(ts)]
+            for lo, hi in pairwise(bounds):
+                start = int(starts[lo])
                 if start + spec.size_ms + spec.grace_ms <= stream_time:
-                    late.append(self._late(batch, spec, start, rows, stream_time))
+                    late.append(self._late(batch, spec, start, slice(lo, hi), stream_time))
                     continue
-                for name, column in batch.fields.items():
-                    self._add(
-                        WindowKey(batch.source, name, spec.name, start),
-                        column[rows],
-                        timestamps,
-                        offset,
-                        late,
-                        spec,
-                        stream_time,
+                stats = computed.get((lo, hi))
+                if stats is None:
+                    stats = computed[(lo, hi)] = RowStats.of(values[:, lo:hi], ts[lo:hi])
+                for i, name in enumerate(names):
+                    key = WindowKey(batch.source, name, spec.name, start)
+                    self._merge(
+                        key, stats, i, offset, late, spec, stream_time, values[i, lo:hi], ts[lo:hi]
                     )
-        self.stream_time_ms = max(stream_time, int(batch.timestamps.max()))
+        self.stream_time_ms = max(stream_time, int(ts[-1]))
         self.applied_offset = max(self.applied_offset, offset)
         return late
 
-    def _add(
+    def _merge(
         self,
         key: WindowKey,
-        column: FloatArray,
-        timestamps: IntArray,
+        stats: RowStats,
+        i: int,
         offset: int,
         late: list[LateSamples],
         spec: WindowSpec,
         stream_time: int,
+        column: FloatArray,
+        timestamps: IntArray,
     ) -> None:
         state = self.windows.get(key)
         if state is None:
@@ -275,20 +347,14 @@ class PartitionWindows:
                     key.source, spec.name, key.start_ms, stream_time, timestamps.tolist(), values
                 )
             )
-            self.late_counts[(key.source, spec.name)] += int(np.count_nonzero(~np.isnan(column)))
+            self.late_counts[(key.source, spec.name)] += stats.counts[i]
             return
-        known = ~np.isnan(column)
-        state.add(column[known], timestamps[known])
+        state.merge(stats, i)
         state.offset = offset
         self.dirty.add(key)
 
     def _late(
-        self,
-        batch: SampleBatch,
-        spec: WindowSpec,
-        start: int,
-        rows: npt.NDArray[np.bool_],
-        stream_time: int,
+        self, batch: SampleBatch, spec: WindowSpec, start: int, rows: slice, stream_time: int
     ) -> LateSamples:
         fields = {
             name: [None if math.isnan(v) else v for v in column[rows].tolist()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from kestrel.broker import LocalKafka
 from kestrel.collectors.model import ModelMetrics
 from kestrel.deadletter import DeadLetter
 from kestrel.settings import Settings, child_environment
-from kestrel.topics import DEADLETTER, METRICS_AGGREGATES, METRICS_LATE, METRICS_MODEL
+from kestrel.topics import CATALOGUE, DEADLETTER, METRICS_AGGREGATES, METRICS_LATE, METRICS_MODEL
 from tests.conftest import settings_for
 from tests.integration.telemetry_helpers import (
     Row,
@@ -119,7 +120,11 @@ def test_worker_declares_topics_from_the_catalogue(
 ) -> None:
     settings, _ = telemetry
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    topics = admin.list_topics(timeout=10).topics
+    wanted = {spec.name(settings) for spec in CATALOGUE}
+    deadline = time.monotonic() + 30
+    while not wanted <= set(topics := admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, f"missing {wanted - set(topics)}"
+        time.sleep(0.1)  # polling the cluster's metadata for a condition
     assert len(topics[METRICS_MODEL.name(settings)].partitions) == settings.topic_partitions
     assert len(topics[DEADLETTER.name(settings)].partitions) == 1
     resource = ConfigResource(ConfigResource.Type.TOPIC, METRICS_AGGREGATES.name(settings))

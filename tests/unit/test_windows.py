@@ -89,12 +89,22 @@ def test_a_replayed_message_is_not_counted_twice() -> None:
 
 def test_state_survives_the_changelog_round_trip() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(100, 1.0), (300, -2.5), (200, 9.0)]), offset=3)
+    w.apply(batch("ui", [(100, 1.0), (300, -2.5)]), offset=2)
+    w.apply(batch("ui", [(200, 9.0)]), offset=3)  # arrives last, happened earlier
     key = WindowKey("ui", "x", "1s", 0)
     again = WindowState.from_json(w.windows[key].to_json())
     assert again.stats() == w.windows[key].stats()
     assert again.stats()["last"] == -2.5  # by timestamp, not by arrival
     assert (again.offset, again.closed) == (3, False)
+
+
+def test_rows_out_of_order_within_a_batch_are_windowed_correctly() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(1_200, 4.0), (100, 1.0), (1_100, 2.0), (300, 8.0)]), offset=0)
+    first = w.windows[WindowKey("ui", "x", "1s", 0)]
+    second = w.windows[WindowKey("ui", "x", "1s", 1_000)]
+    assert (first.count, first.total, first.last) == (2, 9.0, 8.0)
+    assert (second.count, second.total, second.last) == (2, 6.0, 4.0)
 
 
 def test_closed_windows_are_forgotten_once_persisted() -> None:
