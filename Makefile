@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 # GPU=1: onnxruntime-gpu instead of onnxruntime (both ship the `onnxruntime` package).
 GPU    ?=
 
-.PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean
+.PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
+        bench-telemetry
 
 setup: $(STAMP)
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
@@ -43,6 +44,17 @@ integration: setup
 test: setup lint typecheck
 	$(BIN)/pytest
 
+# The Quix Streams baseline pins older confluent-kafka and pydantic: its own virtualenv.
+QUIX_VENV := .venv-quix
+$(QUIX_VENV)/.installed:
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/python -m pip install --quiet 'quixstreams==3.28.1' numpy
+	touch $@
+
+bench-telemetry: setup $(QUIX_VENV)/.installed
+	$(BIN)/python bench/telemetry.py $(BENCH_ARGS)
+
 broker: setup
 	$(BIN)/kestrel-broker run
 
@@ -56,4 +68,4 @@ clean:
 	rm -rf .kestrel/data .pytest_cache .mypy_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV) .kestrel
+	rm -rf $(VENV) $(QUIX_VENV) .kestrel

@@ -4,18 +4,21 @@ Per message: validate (bad ones to the dead letters), check the source belongs o
 this topic and is within its rate budget, add its samples to their windows, and
 send samples that came after their window closed to ``metrics.late``.
 
-Every ``KESTREL_FLUSH_INTERVAL_S`` (and on rebalance) the stage flushes, in two
-phases, because Kafka orders nothing across partitions:
+Every ``KESTREL_FLUSH_INTERVAL_S`` (and on rebalance) the stage takes a snapshot of
+what it has applied and flushes it in two phases, because Kafka orders nothing across
+partitions:
 
 1. emit the windows stream time has closed to ``metrics.aggregates`` and wait until
-   they, and every dead letter and late record sent since the last flush, are durable;
-2. write the changed window state and each partition's marker to the changelog (see
-   :mod:`tables.metric_windows`) and wait until that is durable too;
+   they, and every dead letter and late record sent so far, are durable;
+2. write the changed window state and each partition's marker (the snapshot's offset
+   and stream time) to the changelog (see :mod:`tables.metric_windows`) and wait until
+   that is durable too;
 
-and only then ack the messages. Faust commits acked offsets only, so a worker killed
+and only then ack the snapshot's messages. Processing goes on during both waits: the
+flush runs in its own timer task. Faust commits acked offsets only, so a worker killed
 at any point resumes without losing or double-counting a sample. Everything goes out
-through one confluent-kafka (C) producer. Under a backlog a flush waits at least four
-times its own last duration, so persisting state costs at most a fifth of the time.
+through one confluent-kafka (C) producer. Under a backlog a flush waits at least nine
+times its own last duration, so persisting state costs at most a tenth of the time.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from kestrel.errors import InvalidMessage
 from kestrel.producer import KestrelProducer
 from kestrel.ratelimit import SourceRateLimiter
 from kestrel.schemas import LateSamples, parse_envelope, topic_suffix_for
+from kestrel.stats import LatencyReservoir, write_stats
 from kestrel.topics import (
     COLLECTOR_TOPICS,
     DEADLETTER,
@@ -48,6 +52,7 @@ from tables.windows import PartitionWindows, SampleBatch
 
 log = logging.getLogger(__name__)
 STAGE = "window_metrics"
+PERSIST_CHUNK = 256  # window records written per hold of the stage's lock
 
 collector_topics = faust_topic(app, settings, *COLLECTOR_TOPICS)
 aggregates_topic = faust_topic(app, settings, METRICS_AGGREGATES)
@@ -65,10 +70,12 @@ class TelemetryStage:
         self.lock = asyncio.Lock()
         self.last_flush = time.monotonic()
         self.flush_cost_s = 0.0
-        self.side_effects = 0  # dead letters and late records since the last flush
+        self.flushing = False
         self.samples = 0
         self.messages = 0
         self.replayed = 0
+        self.dead_letters = 0
+        self.latency_ms = LatencyReservoir()
         self._producer: KestrelProducer | None = None
 
     @property
@@ -102,9 +109,12 @@ class TelemetryStage:
                 batch = self._admit(event, suffix)
             except InvalidMessage as exc:
                 send_to_dead_letter(self.producer, event, exc, stage=STAGE)
-                self.side_effects += 1
+                self.dead_letters += 1
             else:
                 self._apply(batch, windows, message.topic, message.offset)
+                # From the message's production (CreateTime) to its samples being in
+                # the running windows.
+                self.latency_ms.add(time.time() * 1000 - message.timestamp * 1000)
             windows.applied_offset = max(windows.applied_offset, message.offset)
 
     def _admit(self, event: faust.EventT[bytes], suffix: str) -> SampleBatch:
@@ -140,49 +150,105 @@ class TelemetryStage:
             self.producer.send(
                 late_topic.get_topic_name(), record.model_dump_json().encode(), late.source.encode()
             )
-            self.side_effects += 1
         self.messages += 1
         self.samples += batch.values
 
     async def flush(self) -> None:
-        """Emit closed windows, persist state, then ack; see the module docstring."""
+        """Emit closed windows, persist state, then ack; see the module docstring.
+
+        Processing goes on while deliveries are awaited: this flush covers, and acks,
+        only what was applied when it started (its snapshot). Windows written in
+        phase 2 may hold later messages too; their per-window offsets make a replay
+        of those messages count nothing twice, and the marker claims only the
+        snapshot, whose dead letters and late records phase 1 has made durable.
+        """
+        if self.flushing or self._producer is None:
+            return
+        self.flushing = True
+        try:
+            await self._flush()
+        finally:
+            self.flushing = False
+
+    async def _flush(self) -> None:
+        started = time.monotonic()
+        locked = 0.0  # time this flush kept the stage from processing
+        producer = self.producer
         async with self.lock:
-            started = time.monotonic()
-            if not self.held or self._producer is None:
+            t0 = time.monotonic()
+            if not self.held:
                 self.last_flush = started
                 return
-            producer = self.producer
-            aggregates = aggregates_topic.get_topic_name()
+            held, self.held = self.held, []
+            snapshot = {
+                key: (windows.applied_offset, windows.stream_time_ms)
+                for key, windows in self.windows.partitions.items()
+            }
             forgotten = {}
             for key, windows in self.windows.partitions.items():
                 forgotten[key] = windows.forget_closed()
                 for closed in windows.close_due():
                     aggregate = to_aggregate(closed.key, closed.state, closed.size_ms)
                     producer.send(
-                        aggregates,
+                        aggregates_topic.get_topic_name(),
                         aggregate.model_dump_json().encode(),
                         closed.key.aggregate_key().encode(),
                     )
-                    self.side_effects += 1
-            if self.side_effects:
-                await producer.flush_async()  # phase 1: outputs before the state saying so
-                self.side_effects = 0
-            for (suffix, partition), windows in self.windows.partitions.items():
-                self.windows.persist(producer, suffix, windows, forgotten[suffix, partition])
-            await producer.flush_async()  # phase 2: state and markers
-            if self.replayed:
-                log.info("skipped %d replayed messages already in the windows", self.replayed)
-                self.replayed = 0
-            held, self.held = self.held, []
-            for event in held:
-                event.ack()
-            self.last_flush = time.monotonic()
-            self.flush_cost_s = self.last_flush - started
+            locked += time.monotonic() - t0
+        await producer.flush_async()  # phase 1: outputs before the state that says so
+        for key, (offset, stream_time) in snapshot.items():
+            owned = self.windows.partitions.get(key)
+            if owned is None:
+                continue
+            dirty = list(owned.dirty)
+            owned.dirty.clear()
+            # In chunks, letting messages through in between: a window changed after
+            # its chunk is dirty again and is written by the next flush.
+            for i in range(0, len(dirty), PERSIST_CHUNK):
+                async with self.lock:
+                    t0 = time.monotonic()
+                    self.windows.persist_windows(producer, owned, dirty[i : i + PERSIST_CHUNK])
+                    locked += time.monotonic() - t0
+            async with self.lock:
+                self.windows.persist_marker(
+                    producer, key[0], owned, forgotten[key], offset, stream_time
+                )
+        await producer.flush_async()  # phase 2: state and markers
+        if self.replayed:
+            log.info("skipped %d replayed messages already in the windows", self.replayed)
+            self.replayed = 0
+        for event in held:
+            event.ack()
+        self.last_flush = time.monotonic()
+        self.flush_cost_s = locked
 
     def due(self) -> bool:
-        """Time to flush: the interval has passed, and four times the last flush's cost."""
-        wait = max(settings.flush_interval_s, 4 * self.flush_cost_s)
+        """Time to flush: the interval has passed, and nine times the last flush's cost.
+
+        The cost is the time the flush held the stage; waits for deliveries do not
+        count, as messages are processed meanwhile.
+        """
+        wait = max(settings.flush_interval_s, 9 * self.flush_cost_s)
         return time.monotonic() - self.last_flush >= wait
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and latencies, for KESTREL_STATS_PATH and the dashboard."""
+        p50, p99 = self.latency_ms.percentiles(0.5, 0.99)
+        late: dict[str, int] = {}
+        for windows in self.windows.partitions.values():
+            for (source, window), n in windows.late_counts.items():
+                late[f"{source}|{window}"] = late.get(f"{source}|{window}", 0) + n
+        return {
+            "messages": self.messages,
+            "samples": self.samples,
+            "dead_letters": self.dead_letters,
+            "rate_limited_samples": dict(self.limiter.refused),
+            "late_samples": late,
+            "latency_ms_p50": p50,
+            "latency_ms_p99": p99,
+            "latency_count": self.latency_ms.count,
+            "flush_cost_ms": self.flush_cost_s * 1000,
+        }
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         """Forget revoked partitions; Faust waited for their acks, so they are persisted."""
@@ -203,15 +269,24 @@ async def window_metrics(stream: faust.StreamT[bytes]) -> None:
     await stage.start()
     async for event in manual_acks.events():
         await stage.handle(event)
-        if stage.due():
-            await stage.flush()
 
 
-@app.timer(settings.flush_interval_s)  # type: ignore[untyped-decorator]  # Faust's timer is untyped
+@app.timer(0.05)  # type: ignore[untyped-decorator]  # Faust's timer is untyped
 async def flush_windows() -> None:
-    """Flush while the stream is quiet too: close windows, release acks."""
+    """The only place flushes start: a task of its own, so the agent never waits on one.
+
+    It wakes often and flushes when :meth:`TelemetryStage.due` says so.
+    """
     if stage.due():
         await stage.flush()
+
+
+@app.timer(1.0)  # type: ignore[untyped-decorator]  # Faust's timer is untyped
+async def report_stats() -> None:
+    """Write the stage's own numbers where KESTREL_STATS_PATH says, once a second."""
+    if settings.stats_path is not None:
+        path, stats = settings.stats_path, stage.stats()
+        await asyncio.get_running_loop().run_in_executor(None, write_stats, path, stats)
 
 
 @app.on_partitions_revoked.connect

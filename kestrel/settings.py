@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         description="How long after its end a window still accepts out-of-order samples.",
     )
     flush_interval_s: float = Field(
-        0.2,
+        1.0,
         gt=0,
         description="How often window state is persisted and closed windows are emitted.",
     )
@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="Samples per second one source may send; more goes to the dead letters.",
+    )
+
+    stats_path: Path | None = Field(
+        None, description="If set, each stage writes its own counters and latencies here (JSON)."
     )
 
     @field_validator("broker_url")
@@ -111,7 +115,8 @@ class Settings(BaseSettings):
         """These settings as ``KESTREL_*`` variables, for a child process to read back."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            env[ENV_PREFIX + name.upper()] = str(value)
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = str(value)
         return env
 
 

@@ -124,26 +124,42 @@ class WindowStore:
             )
         return windows
 
-    def persist(
+    def persist_windows(
+        self, producer: KestrelProducer, windows: PartitionWindows, keys: list[WindowKey]
+    ) -> None:
+        """Queue the current state of some of a partition's windows."""
+        changelog = self.table.changelog_topic.get_topic_name()
+        p = windows.partition
+        for key in keys:
+            state = windows.windows.get(key)
+            if state is not None:
+                blob = orjson.dumps(state.to_json(), option=orjson.OPT_NON_STR_KEYS)
+                producer.send(changelog, blob, state_key(p, key).encode(), partition=p)
+
+    def persist_marker(
         self,
         producer: KestrelProducer,
         topic_suffix: str,
         windows: PartitionWindows,
         gone: list[WindowKey],
+        marker_offset: int,
+        marker_stream_time: int,
     ) -> None:
-        """Queue one partition's changes, the marker last; see the module docstring."""
+        """Queue tombstones for forgotten windows, then the partition's marker.
+
+        Called after every window of the flush is queued: within the changelog
+        partition the marker comes last. It records ``marker_offset`` and the stream
+        time at that offset, so a replay from there sees stream time move exactly as
+        it did the first time.
+        """
         changelog = self.table.changelog_topic.get_topic_name()
         p = windows.partition
         for key in gone:
             producer.send(changelog, None, state_key(p, key).encode(), partition=p)
-        for key in windows.dirty:
-            state = orjson.dumps(windows.windows[key].to_json())
-            producer.send(changelog, state, state_key(p, key).encode(), partition=p)
-        windows.dirty.clear()
-        if windows.applied_offset > windows.marker_offset or gone:
-            marker = orjson.dumps({"t": windows.stream_time_ms, "o": windows.applied_offset})
+        if marker_offset > windows.marker_offset or gone:
+            marker = orjson.dumps({"t": marker_stream_time, "o": marker_offset})
             producer.send(changelog, marker, marker_key(p, topic_suffix).encode(), partition=p)
-            windows.marker_offset = windows.applied_offset
+            windows.marker_offset = marker_offset
 
     def drop(self, topic_suffix: str, partition: int) -> None:
         """Forget a revoked partition; its new owner recovers it from the changelog."""

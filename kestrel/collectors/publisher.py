@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from kestrel.producer import KestrelProducer
 log = logging.getLogger(__name__)
 
 
-def batch_envelope(source: str, rows: list[tuple[int, Mapping[str, float | None]]]) -> bytes:
+def batch_envelope(source: str, rows: Sequence[tuple[int, Mapping[str, float | None]]]) -> bytes:
     """The digest's envelope for the latest row, with every row in ``samples``.
 
     ``rows`` are ``(timestamp_ms, {field: value})`` in timestamp order; a field missing
