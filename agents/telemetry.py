@@ -24,6 +24,7 @@ times its own last duration, so persisting state costs at most a tenth of the ti
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any, cast
@@ -91,6 +92,12 @@ class TelemetryStage:
         with its defaults: one partition, and no compaction for the aggregates.
         """
         if self._producer is None:
+            # The stage allocates a few small objects per sample and keeps many
+            # long-lived ones (window states): collect young objects less often, and
+            # leave everything alive at start out of collections (measured: default
+            # thresholds cost about a fifth of the throughput).
+            gc.freeze()
+            gc.set_threshold(20_000, 20, 20)
             outputs = [METRICS_AGGREGATES, METRICS_LATE, DEADLETTER]
             await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings, outputs)
             self._producer = KestrelProducer(settings, **{"linger.ms": 2})

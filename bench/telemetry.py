@@ -149,6 +149,11 @@ def wait_committed(
             if start is None and done >= total * 0.1:
                 start = (now, done)
             if done >= total and start is not None:
+                if now - start[0] < 1.0:
+                    raise RuntimeError(
+                        f"{group} finished within one commit interval of 10 %: too little "
+                        "input to time; raise --sources or --seconds"
+                    )
                 return now - start[0], float(done - start[1])
             time.sleep(0.05)
     finally:
