@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,7 +22,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kestrel.errors import SettingsError
 
 ENV_PREFIX = "KESTREL_"
-LogLevel = Literal["debug", "info", "warn", "error", "crit"]
 
 
 class Settings(BaseSettings):
@@ -60,8 +59,6 @@ class Settings(BaseSettings):
 
     # --- Stream workers -----------------------------------------------------------------
     store: str = Field("memory://", description="Faust table store; changelogs back it.")
-    web_port: int = Field(6066, ge=1, le=65535, description="Faust worker's own web port.")
-    log_level: LogLevel = "info"
     window_grace_s: float = Field(
         1.0,
         ge=0,

@@ -34,7 +34,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
         ("KESTREL_KAFKA_PORT", "ninety"),
         ("KESTREL_BROKER_URL", "127.0.0.1:9092"),
         ("KESTREL_NAMESPACE", "has space"),
-        ("KESTREL_LOG_LEVEL", "loud"),
+        ("KESTREL_FLUSH_INTERVAL_S", "-1"),
     ],
 )
 def test_a_bad_value_names_its_variable(
