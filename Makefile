@@ -53,7 +53,7 @@ $(QUIX_VENV)/.installed:
 	touch $@
 
 bench-telemetry: setup $(QUIX_VENV)/.installed
-	$(BIN)/python bench/telemetry.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.telemetry $(BENCH_ARGS)
 
 broker: setup
 	$(BIN)/kestrel-broker run

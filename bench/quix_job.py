@@ -19,19 +19,9 @@ from typing import Any
 import quixstreams.dataframe.windows.aggregations as agg
 from quixstreams import Application
 
+from bench.workload import FIELDS
 from tables.sketch import ALPHA, GAMMA, LOG_GAMMA, MIN_INDEXABLE, DDSketch
 
-FIELDS = [
-    "tokens_per_second",
-    "ttft_ms",
-    "queue_wait_ms",
-    "cache_hit_rate",
-    "batch_size",
-    "energy_normalized",
-    "entropy_bits",
-    "gpu_utilization",
-    "vram_used_mb",
-]
 assert ALPHA and GAMMA  # the same sketch parameters as Kestrel's
 
 

@@ -40,6 +40,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from bench.workload import FIELDS
 from kestrel.broker import BrokerConfig, LocalKafka, fetch_jars
 from kestrel.collectors.publisher import batch_envelope
 from kestrel.settings import Settings, child_environment, load_settings
@@ -47,17 +48,6 @@ from kestrel.topics import METRICS_MODEL, ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-FIELDS = [
-    "tokens_per_second",
-    "ttft_ms",
-    "queue_wait_ms",
-    "cache_hit_rate",
-    "batch_size",
-    "energy_normalized",
-    "entropy_bits",
-    "gpu_utilization",
-    "vram_used_mb",
-]
 ROWS = 6  # 100 ms of a 60 Hz source; --rows-per-message changes it
 BASE_MS = 1_700_000_100_000
 
