@@ -255,6 +255,11 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "telemetry.json")
     args = parser.parse_args()
     ROWS = args.rows_per_message  # one run, one message shape
+    if args.latency_seconds < 15:
+        parser.error(
+            "--latency-seconds must be at least 15: the worker reports latency over its "
+            "last 10 s, which must not reach back into the backlog"
+        )
 
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-"))
     defaults = load_settings()
