@@ -292,3 +292,49 @@ def test_the_model_cli_reads_json_lines(telemetry: tuple[Settings, FaustWorker])
         got[f"{src}|queue_wait_ms|1s|{BASE}"]["count"],
         got[f"{src}|queue_wait_ms|1s|{BASE}"]["sum"],
     ) == (10, 45.0)
+
+
+def test_windows_stay_exact_when_workers_join_and_leave(kafka: LocalKafka, tmp_path: Path) -> None:
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+
+    def worker_settings(name: str) -> Settings:
+        # One namespace (one consumer group), a data directory each.
+        (tmp_path / name).mkdir()
+        return settings_for(
+            kafka,
+            tmp_path / name,
+            namespace=namespace,
+            window_grace_s=GRACE_MS / 1000,
+            flush_interval_s=0.2,
+            session_timeout_s=6,
+        )
+
+    first_settings, second_settings = worker_settings("a"), worker_settings("b")
+    sources = [source() for _ in range(6)]  # spread over both partitions
+    streams = {src: rows_for(src, BASE, 600, 50, seed=10 + i) for i, src in enumerate(sources)}
+    thirds = [
+        interleaved([streams[src][lo:hi] for src in sources], 4)
+        for lo, hi in ((0, 200), (200, 400), (400, 600))
+    ]
+    first = FaustWorker(first_settings, tmp_path / "a.log")
+    second = FaustWorker(second_settings, tmp_path / "b.log")
+    try:
+        first.start()
+        produce(first_settings, METRICS_MODEL.name(first_settings), thirds[0])
+        read_aggregates(first_settings, {f"{src}|tokens_per_second|1s|{BASE}" for src in sources})
+
+        second.start()  # the group splits the partitions between the two
+        produce(first_settings, METRICS_MODEL.name(first_settings), thirds[1])
+        first.stop()  # a clean leave: the second worker takes every partition
+        produce(first_settings, METRICS_MODEL.name(first_settings), thirds[2])
+        produce(
+            first_settings,
+            METRICS_MODEL.name(first_settings),
+            [closer(src, BASE + 300_000 + GRACE_MS) for src in sources],
+        )
+        expected = expected_windows(row for rows in streams.values() for row in rows)
+        assert_windows_match(read_aggregates(first_settings, set(expected)), expected)
+        assert "restored metrics.model" in second.log_since_start()  # it took over state
+    finally:
+        first.stop()
+        second.stop()
