@@ -36,7 +36,7 @@ from mode import BaseSignalT
 from agents.deadletter import send_to_dead_letter
 from faust_app import app, settings
 from kestrel.errors import InvalidMessage
-from kestrel.producer import KestrelProducer
+from kestrel.producer import KestrelProducer, ProducerFlushError
 from kestrel.ratelimit import SourceRateLimiter
 from kestrel.schemas import LateSamples, parse_envelope, topic_suffix_for
 from kestrel.stats import LatencyReservoir, write_stats
@@ -174,6 +174,13 @@ class TelemetryStage:
         self.flushing = True
         try:
             await self._flush()
+        except ProducerFlushError as exc:
+            # The snapshot's messages can be neither acked (their effects are not
+            # durable) nor left unacked (Faust would never commit past them, and a
+            # rebalance would wait for them forever). Crash: a restarted worker
+            # replays from the last commit, which this design makes exact.
+            log.critical("could not make window state durable; crashing the worker: %s", exc)
+            await app.crash(exc)
         finally:
             self.flushing = False
 
