@@ -15,7 +15,7 @@ partitions:
    that is durable too;
 
 and only then ack the snapshot's messages. Processing goes on during both waits: the
-flush runs in its own timer task. Faust commits acked offsets only, so a worker killed
+flush runs in its own task. Faust commits acked offsets only, so a worker killed
 at any point resumes without losing or double-counting a sample. Everything goes out
 through one confluent-kafka (C) producer. Under a backlog a flush waits at least nine
 times its own last duration, so persisting state costs at most a tenth of the time.
@@ -54,6 +54,7 @@ from tables.windows import PartitionWindows, SampleBatch
 log = logging.getLogger(__name__)
 STAGE = "window_metrics"
 PERSIST_CHUNK = 256  # window records written per hold of the stage's lock
+FLUSH_TICK_S = 0.05  # how often the flush loop asks whether a flush is due
 
 collector_topics = faust_topic(app, settings, *COLLECTOR_TOPICS)
 aggregates_topic = faust_topic(app, settings, METRICS_AGGREGATES)
@@ -72,6 +73,7 @@ class TelemetryStage:
         self.last_flush = time.monotonic()
         self.flush_cost_s = 0.0
         self.flushing = False
+        self._flusher: asyncio.Task[None] | None = None
         self.samples = 0
         self.messages = 0
         self.replayed = 0
@@ -101,6 +103,26 @@ class TelemetryStage:
             outputs = [METRICS_AGGREGATES, METRICS_LATE, DEADLETTER]
             await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings, outputs)
             self._producer = KestrelProducer(settings, **{"linger.ms": 2})
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_forever(), name="telemetry-flush")
+
+    async def _flush_forever(self) -> None:
+        """The only place flushes start: a task of its own, so processing never waits.
+
+        A plain asyncio task, not a Faust timer: Faust timers stop as soon as the
+        worker starts stopping, while Faust then waits for every consumed message to
+        be acked (``stream_wait_empty``), on shutdown and on rebalance alike. Only a
+        flush acks them, so flushing must go on until the very end.
+        """
+        while True:
+            await asyncio.sleep(FLUSH_TICK_S)
+            try:
+                if self.due():
+                    await self.flush()
+            except Exception as exc:  # anything else is a bug: fail loudly, not silently
+                log.exception("telemetry flush failed")
+                await app.crash(exc)
+                return
 
     async def handle(self, event: faust.EventT[bytes]) -> None:
         """Apply one message; its ack waits for the next flush."""
@@ -283,16 +305,6 @@ async def window_metrics(stream: faust.StreamT[bytes]) -> None:
     await stage.start()
     async for event in manual_acks.events():
         await stage.handle(event)
-
-
-@app.timer(0.05)  # type: ignore[untyped-decorator]  # Faust's timer is untyped
-async def flush_windows() -> None:
-    """The only place flushes start: a task of its own, so the agent never waits on one.
-
-    It wakes often and flushes when :meth:`TelemetryStage.due` says so.
-    """
-    if stage.due():
-        await stage.flush()
 
 
 @app.timer(1.0)  # type: ignore[untyped-decorator]  # Faust's timer is untyped
