@@ -233,11 +233,12 @@ class TelemetryStage:
             locked += time.monotonic() - t0
         await producer.flush_async()  # phase 1: outputs before the state that says so
         for key, (offset, stream_time) in snapshot.items():
-            owned = self.windows.partitions.get(key)
-            if owned is None:
-                continue
-            dirty = list(owned.dirty)
-            owned.dirty.clear()
+            async with self.lock:
+                owned = self.windows.partitions.get(key)
+                if owned is None:
+                    continue
+                dirty = list(owned.dirty)
+                owned.dirty.clear()
             # In chunks, letting messages through in between: a window changed after
             # its chunk is dirty again and is written by the next flush.
             for i in range(0, len(dirty), PERSIST_CHUNK):
