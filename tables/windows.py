@@ -154,18 +154,15 @@ class WindowState:
         self.closed = False
 
     def add(self, values: FloatArray, timestamps: IntArray) -> None:
-        """Add non-null values with their timestamps (one field, one window)."""
+        """Add one field's values (NaN: null) at their timestamps, in any order.
+
+        The same computation as the stream's path (:class:`RowStats`, then
+        :meth:`merge`), so there is one definition of every statistic.
+        """
         if values.size == 0:
             return
-        self.count += int(values.size)
-        self.total += float(values.sum())
-        self.minimum = min(self.minimum, float(values.min()))
-        self.maximum = max(self.maximum, float(values.max()))
-        newest = int(np.argmax(timestamps))  # first of the latest timestamps
-        if int(timestamps[newest]) >= self.last_ts:
-            self.last_ts = int(timestamps[newest])
-            self.last = float(values[newest])
-        self.sketch.add_many(values)
+        order = np.argsort(timestamps, kind="stable")
+        self.merge(RowStats.of(values[order][np.newaxis, :], timestamps[order]), 0)
 
     def merge(self, stats: RowStats, i: int) -> None:
         """Add field ``i`` of a message's precomputed statistics (one window's rows)."""
