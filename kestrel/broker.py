@@ -267,8 +267,9 @@ class LocalKafka:
             "kafka.tools.StorageTool",
             "format",
             "--standalone",
-            "-t",
-            cluster_id,
+            # One argument: a third of the ids begin with "-" (base64url), which
+            # the tool's parser would take for an option after a separate "-t".
+            f"--cluster-id={cluster_id}",
             "-c",
             str(props),
         ]
