@@ -6,6 +6,7 @@ Keep every such workaround here, so that it is found, and removed, in one place.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
@@ -40,10 +41,53 @@ class KestrelApp(faust.App):
       https://github.com/faust-streaming/faust/issues/269 (open: "Need configurable
       onerror, or at least an option to exit when autodiscovery fails").
     * It never starts Faust's web server; see :class:`WithoutWebServer`.
+    * It keeps no standby replicas of tables (``table_standby_replicas=0``). When a
+      changelog partition that a worker followed as a standby becomes one of its
+      active partitions at the next rebalance, Faust keeps the standby's read
+      position in ``Recovery.standby_offsets`` (``on_rebalance`` pops only revoked
+      partitions, and a standby is not "revoked"), and seeks the consumer there, to
+      the high watermark, after seeking it to the start for the active recovery.
+      The active recovery then waits forever ("No event received for active tp ...
+      since recovery start", the symptom of
+      https://github.com/faust-streaming/faust/issues/176, there with another
+      cause). Seen in Kestrel's join-and-leave rebalance test; without standbys a
+      worker taking a partition over rebuilds it from the changelog, which is what
+      Kestrel's exactly-once design relies on anyway.
     """
 
     BootStrategy = WithoutWebServer
 
+    def __init__(self, id: str, **options: Any) -> None:
+        options.setdefault("table_standby_replicas", 0)
+        super().__init__(id, **options)
+
     def _on_autodiscovery_error(self, name: str) -> None:
         error = sys.exc_info()[1]
         raise AutodiscoveryError(f"could not import {name}: {error!r}") from error
+
+
+def set_local(
+    table: faust.Table[bytes, bytes], key: bytes, value: bytes | None, partition: int
+) -> None:
+    """Put a record this worker wrote to ``table``'s changelog into its local copy.
+
+    Not an upstream bug but a gap in Faust's API: a table learns of changelog records
+    only through its own ``__setitem__`` (which also produces them, in Python, ~150 us
+    each) or while recovering. Faust does not recover a changelog partition again
+    when the worker keeps it across a rebalance, so records produced by another
+    producer must reach the local copy here, or the table reads older than its own
+    changelog. The in-memory store remembers each key's partition so that it can
+    drop a partition's keys when that partition moves away (``_key_partition``,
+    faust/stores/memory.py, ``on_recovery_completed``); it is kept in step too.
+    """
+    local: Any = table.data
+    if value is None:
+        local.pop(key, None)
+    else:
+        local[key] = value
+    partitions = getattr(local, "_key_partition", None)
+    if partitions is not None:
+        if value is None:
+            partitions.pop(key, None)
+        else:
+            partitions[key] = partition
