@@ -1,11 +1,12 @@
-"""Builds Kestrel's Faust app from the settings, and nothing else.
+"""Builds Kestrel's Faust apps from the settings, and nothing else.
 
-Run the stream worker with the Faust CLI::
+Each worker role is its own Faust app, so its own consumer group, scaled on its own:
 
-    faust -A faust_app worker -l info
+    faust -A faust_app worker -l info              # stream: windows and aggregates
+    faust -A faust_app:analytics worker -l info    # analytics: rules, anomalies, alerts
 
-Agents and tables register themselves on ``app`` when the worker autodiscovers the
-``agents`` and ``tables`` packages; nothing here imports them.
+An app autodiscovers only its own modules of ``agents/`` and ``tables/``, where its
+agents and tables register themselves; nothing here imports them.
 """
 
 from __future__ import annotations
@@ -14,22 +15,29 @@ from kestrel.faust_compat import KestrelApp
 from kestrel.settings import get_settings
 
 settings = get_settings()
-worker_dir = (settings.data_dir / "faust" / settings.app_id("stream")).resolve()
-# Faust creates only the last level of its datadir; the levels above are ours.
-worker_dir.parent.mkdir(parents=True, exist_ok=True)
 
-app = KestrelApp(
-    settings.app_id("stream"),
-    broker=settings.broker_url,
-    store=settings.store,
-    autodiscover=["agents", "tables"],
-    origin="faust_app",
-    datadir=str(worker_dir),
-    topic_partitions=settings.topic_partitions,
-    topic_replication_factor=settings.topic_replication,
-    consumer_auto_offset_reset="earliest",
-    broker_commit_interval=settings.commit_interval_s,
-    # A killed worker's partitions move after this, not after Faust's default 60 s.
-    broker_session_timeout=settings.session_timeout_s,
-    broker_heartbeat_interval=settings.session_timeout_s / 5,
-)
+
+def make_app(role: str, modules: list[str]) -> KestrelApp:
+    """The Faust app of one worker role; its id (and consumer group) is ``<ns>-<role>``."""
+    worker_dir = (settings.data_dir / "faust" / settings.app_id(role)).resolve()
+    # Faust creates only the last level of its datadir; the levels above are ours.
+    worker_dir.parent.mkdir(parents=True, exist_ok=True)
+    return KestrelApp(
+        settings.app_id(role),
+        broker=settings.broker_url,
+        store=settings.store,
+        autodiscover=modules,
+        origin="faust_app",
+        datadir=str(worker_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_s,
+        # A killed worker's partitions move after this, not after Faust's default 60 s.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 5,
+    )
+
+
+app = make_app("stream", ["agents.telemetry", "tables.metric_windows"])
+analytics = make_app("analytics", ["agents.analytics", "tables.alert_state"])

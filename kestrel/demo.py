@@ -1,10 +1,11 @@
 """``make demo``: the whole local stack in one terminal; Ctrl-C stops all of it.
 
 Starts the Kafka broker, creates the topics, then runs each role as its own
-process: the Faust stream worker, the system collector, and a tail of the windowed
-aggregates. Prints what runs where. A child that dies takes the demo down with its
-log's tail; Ctrl-C (or SIGTERM) stops every child, and children also get SIGTERM
-from the kernel if this supervisor itself is killed, so nothing is left behind.
+process: the Faust stream and analytics workers, the system collector, and a tail of
+the windowed aggregates and the alerts. Prints what runs where. A child that dies
+takes the demo down with its log's tail; Ctrl-C (or SIGTERM) stops every child, and
+children also get SIGTERM from the kernel if this supervisor itself is killed, so
+nothing is left behind.
 """
 
 from __future__ import annotations
@@ -78,11 +79,20 @@ def roles(settings: Settings, logs: Path) -> list[Child]:
             logs / "stream-worker.log",
         ),
         Child(
+            "analytics worker",
+            [py, "-m", "faust", "-A", "faust_app:analytics", "worker", "-l", "info"],
+            logs / "analytics-worker.log",
+        ),
+        Child(
             "system collector",
             [py, "-m", "kestrel.collectors.cli", "system"],
             logs / "collector-system.log",
         ),
-        Child("aggregates tail", [py, "-m", "kestrel.tail", "metrics.aggregates"], None),
+        Child(
+            "aggregates tail",
+            [py, "-m", "kestrel.tail", "metrics.aggregates", "alerts"],
+            None,
+        ),
     ]
 
 
@@ -108,7 +118,9 @@ def run(settings: Settings) -> int:
             where = f"log {child.log_path}" if child.log_path else "this terminal"
             print(f"  {child.role:22} pid {pid:<8} {where}")
         print(
-            "Aggregates of 1 s windows follow as they close. Ctrl-C stops everything.\n", flush=True
+            "Aggregates follow as their windows close, and alerts as they start and end.\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
         )
         failed: Child | None = None
         while not stop.wait(0.5):

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         description="Samples per second one source may send; more goes to the dead letters.",
     )
 
+    rules_path: Path | None = Field(
+        None,
+        description="The analytics rules file (YAML); unset: kestrel/analytics/default_rules.yaml.",
+    )
+
     stats_path: Path | None = Field(
         None, description="If set, each stage writes its own counters and latencies here (JSON)."
     )

@@ -1,4 +1,4 @@
-"""``python -m kestrel.tail metrics.aggregates``: print a Kestrel topic as it grows."""
+"""``python -m kestrel.tail metrics.aggregates alerts``: print Kestrel topics as they grow."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from kestrel.settings import get_settings
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kestrel-tail", description=__doc__)
-    parser.add_argument("topic", help="topic name without the namespace, e.g. metrics.aggregates")
+    parser.add_argument(
+        "topics", nargs="+", help="topic names without the namespace, e.g. metrics.aggregates"
+    )
     parser.add_argument("--from-beginning", action="store_true")
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -26,14 +28,14 @@ def main(argv: list[str] | None = None) -> int:
             "enable.auto.commit": False,
         }
     )
-    topic = settings.topic(args.topic)
-    consumer.subscribe([topic])
+    consumer.subscribe([settings.topic(name) for name in args.topics])
     stop = stop_on_signals()
     try:
         while not stop.is_set():
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
+            topic = msg.topic()
             if msg.error():
                 print(f"[{topic}] error: {msg.error()}", file=sys.stderr)
                 continue

@@ -74,6 +74,17 @@ METRICS_LATE = TopicSpec(
     doc="Samples that came after their window closed (beyond grace): counted, kept here.",
     key="source",
 )
+METRICS_ENERGY = TopicSpec(
+    "metrics.energy",
+    doc="Each model message's latest sample with its energy mapping (energy_visual, 0..1).",
+    key="source",
+)
+ALERTS = TopicSpec(
+    "alerts",
+    doc="Alert starts and ends (state active/cleared) from rules, anomalies and patterns.",
+    key="alert_id",
+    config={"retention.ms": str(7 * 24 * 3600 * 1000)},
+)
 DEADLETTER = TopicSpec(
     "deadletter",
     doc="Messages that failed validation: original key and value, reason in headers.",
@@ -87,6 +98,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     *COLLECTOR_TOPICS,
     METRICS_AGGREGATES,
     METRICS_LATE,
+    METRICS_ENERGY,
+    ALERTS,
     DEADLETTER,
 )
 

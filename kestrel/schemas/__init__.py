@@ -1,5 +1,6 @@
 """Message schemas, defined once; JSON Schema files beside them for other languages."""
 
+from kestrel.schemas.alerts import Alert, AlertWindow
 from kestrel.schemas.metrics import (
     LateSamples,
     MetricEnvelope,
@@ -10,6 +11,8 @@ from kestrel.schemas.metrics import (
 )
 
 __all__ = [
+    "Alert",
+    "AlertWindow",
     "LateSamples",
     "MetricEnvelope",
     "SampleColumns",

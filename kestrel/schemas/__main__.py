@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from kestrel.schemas.alerts import Alert
 from kestrel.schemas.metrics import LateSamples, MetricEnvelope, WindowAggregate
 
 HERE = Path(__file__).parent
@@ -15,6 +16,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "metric_envelope.json": MetricEnvelope,
     "window_aggregate.json": WindowAggregate,
     "late_samples.json": LateSamples,
+    "alert.json": Alert,
 }
 
 

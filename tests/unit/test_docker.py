@@ -32,7 +32,7 @@ def test_the_broker_is_a_kraft_apache_kafka() -> None:
 
 
 def test_there_are_project_services() -> None:
-    assert {"stream-worker", "topics", "collector-system"} <= set(OURS)
+    assert {"stream-worker", "analytics-worker", "topics", "collector-system"} <= set(OURS)
 
 
 @pytest.mark.parametrize("name", sorted(OURS))

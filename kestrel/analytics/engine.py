@@ -1,0 +1,265 @@
+"""The analytics engine: a source's samples in, alert starts and ends out.
+
+Pure logic, no Kafka: the analytics agent feeds it every collector message and
+publishes what it returns. Per source it runs the temporal rules on every sample, the
+jank detector on every frame, and, on every finished second of event time, the
+degradation check and the pattern matcher on that second's mean.
+
+Each check gives a verdict per sample (or second); an :class:`AlertTracker` turns
+verdicts into alerts: the first violation starts the alert, and holding again for the
+rule's ``clear_after_s`` (1 s by default, event time) ends it, so a flickering
+condition is one alert, not one per frame. A verdict that settles an obligation (the
+response of "followed by" came, the release of "until") ends it at once. Active
+alerts live in a mapping the caller provides (a Faust table in the worker), so a
+restarted worker can still end them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from kestrel.analytics.anomaly import Degradation, Jank, SecondMeans
+from kestrel.analytics.config import AnalyticsConfig, PatternRules
+from kestrel.analytics.dtw import best_match
+from kestrel.analytics.temporal import Monitor, Verdict
+from kestrel.schemas.alerts import Alert, AlertWindow
+
+Kind = Literal["temporal", "anomaly", "pattern"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """What an alert is about: its rule, kind, text and severity."""
+
+    rule: str
+    kind: Kind
+    text: str
+    severity: Literal["info", "warning", "critical"]
+    clear_after_ms: int
+
+
+class AlertTracker:
+    """Starts and ends alerts from verdicts; ``active`` holds the running ones as dicts."""
+
+    def __init__(self, active: MutableMapping[str, Any]) -> None:
+        self.active = active
+        self._last_bad: dict[str, tuple[int, int]] = {}  # alert_id -> (time, violations)
+
+    def update(
+        self, check: Check, source: str, t_ms: int, verdict: Verdict, window_ms: int = 0
+    ) -> Alert | None:
+        alert_id = f"{check.rule}|{source}|{verdict.field}"
+        current = self.active.get(alert_id)
+        if not verdict.ok:
+            if current is None:
+                alert = Alert(
+                    alert_id=alert_id,
+                    rule=check.rule,
+                    kind=check.kind,
+                    check=check.text,
+                    state="active",
+                    severity=check.severity,
+                    source=source,
+                    field=verdict.field,
+                    value=verdict.value,
+                    window=AlertWindow(start_ms=t_ms - window_ms, end_ms=t_ms),
+                    evidence=verdict.evidence,
+                    raised_at_ms=t_ms,
+                    timestamp=t_ms,
+                    violations=1,
+                )
+                self.active[alert_id] = alert.model_dump(mode="json")
+                self._last_bad[alert_id] = (t_ms, 1)
+                return alert
+            _, count = self._last_bad.get(alert_id, (t_ms, 1))
+            self._last_bad[alert_id] = (t_ms, count + 1)
+            return None
+        if current is None:
+            return None
+        last_bad, count = self._last_bad.get(alert_id, (current["timestamp"], 1))
+        if t_ms - last_bad < check.clear_after_ms and not verdict.settles:
+            return None
+        del self.active[alert_id]
+        self._last_bad.pop(alert_id, None)
+        return Alert.model_validate(
+            {
+                **current,
+                "state": "cleared",
+                "value": verdict.value,
+                "window": {"start_ms": current["raised_at_ms"], "end_ms": t_ms},
+                "evidence": {**verdict.evidence, "raised_with": current["evidence"]},
+                "timestamp": t_ms,
+                "violations": count,
+            }
+        )
+
+
+@dataclass
+class _FieldSeconds:
+    """One field's 1 s means and the checks that read them."""
+
+    means: SecondMeans = field(default_factory=SecondMeans)
+    degradation: tuple[Check, Degradation] | None = None
+    recent: deque[float] | None = None  # for pattern matching
+
+
+@dataclass
+class _SourceState:
+    monitors: list[tuple[Check, Monitor]]
+    jank: list[tuple[Check, str, Jank]]
+    seconds: dict[str, _FieldSeconds]
+
+
+class AnalyticsEngine:
+    """Every check of a rules file, for every source it sees."""
+
+    def __init__(self, config: AnalyticsConfig, active: MutableMapping[str, Any]) -> None:
+        self.config = config
+        self.tracker = AlertTracker(active)
+        self.sources: dict[str, _SourceState] = {}
+        self.patterns = config.patterns.all_shapes
+
+    def observe(
+        self,
+        source: str,
+        timestamps: Sequence[int],
+        data: Mapping[str, Sequence[float | None]],
+    ) -> list[Alert]:
+        """Feed one message's samples (columns, in timestamp order); alerts to publish."""
+        state = self.sources.get(source) or self._new_source(source)
+        alerts: list[Alert] = []
+        names = list(data)
+        for i, t_ms in enumerate(timestamps):
+            row = {name: data[name][i] for name in names}
+            for check, monitor in state.monitors:
+                verdict = monitor.step(t_ms, row)
+                if verdict is not None:
+                    self._track(alerts, check, source, t_ms, verdict)
+            for check, name, jank in state.jank:
+                value = row.get(name)
+                if value is not None and (judged := jank.add(t_ms, value)) is not None:
+                    ok, evidence = judged
+                    verdict = Verdict(ok, name, value, evidence)
+                    self._track(alerts, check, source, t_ms, verdict, jank.window_ms)
+            for name, seconds in state.seconds.items():
+                value = row.get(name)
+                if value is not None and (done := seconds.means.add(t_ms, value)) is not None:
+                    self._second(alerts, source, name, seconds, *done)
+        return alerts
+
+    def _track(
+        self,
+        alerts: list[Alert],
+        check: Check,
+        source: str,
+        t_ms: int,
+        verdict: Verdict,
+        window_ms: int = 0,
+    ) -> None:
+        alert = self.tracker.update(check, source, t_ms, verdict, window_ms)
+        if alert is not None:
+            alerts.append(alert)
+
+    def _second(
+        self,
+        alerts: list[Alert],
+        source: str,
+        name: str,
+        seconds: _FieldSeconds,
+        second: int,
+        mean: float,
+    ) -> None:
+        end_ms = (second + 1) * 1000
+        if seconds.degradation is not None:
+            check, degradation = seconds.degradation
+            judged = degradation.judge(mean)
+            if judged is not None:
+                ok, evidence = judged
+                verdict = Verdict(ok, name, mean, {**evidence, "window": "1s"})
+                self._track(alerts, check, source, end_ms, verdict, 1000)
+        if seconds.recent is not None:
+            seconds.recent.append(mean)
+            if len(seconds.recent) == seconds.recent.maxlen:
+                self._match(alerts, source, name, seconds.recent, end_ms)
+
+    def _match(
+        self, alerts: list[Alert], source: str, name: str, recent: deque[float], end_ms: int
+    ) -> None:
+        rules: PatternRules = self.config.patterns
+        values = np.fromiter(recent, dtype=np.float64, count=len(recent))
+        match, distances = best_match(values, self.patterns, rules.max_distance)
+        if not distances:
+            return  # a flat stretch has no shape: no verdict either way
+        span = len(recent) * 1000
+        for pattern in self.patterns:
+            check = Check(f"pattern:{pattern}", "pattern", f"DTW to '{pattern}'", "info", 0)
+            matched = match is not None and match.pattern == pattern
+            evidence = {
+                "pattern": pattern,
+                "distance": distances.get(pattern),
+                "max_distance": rules.max_distance,
+                "seconds": len(recent),
+            }
+            verdict = Verdict(not matched, name, float(values[-1]), evidence)
+            self._track(alerts, check, source, end_ms, verdict, span)
+
+    def _new_source(self, source: str) -> _SourceState:
+        config = self.config
+        monitors = [
+            (
+                Check(
+                    rule.name,
+                    "temporal",
+                    rule.check,
+                    rule.severity,
+                    round(rule.clear_after_s * 1000),
+                ),
+                rule.spec.monitor(),
+            )
+            for rule in config.rules
+            if rule.applies_to(source)
+        ]
+        jank = [
+            (
+                Check(
+                    rule.name,
+                    "anomaly",
+                    f"{rule.min_share:.0%} of frames over {rule.budget_ms:g} ms in 1 s",
+                    rule.severity,
+                    1000,
+                ),
+                rule.field,
+                Jank(
+                    budget_ms=rule.budget_ms, min_share=rule.min_share, min_frames=rule.min_frames
+                ),
+            )
+            for rule in config.jank
+            if rule.applies_to(source)
+        ]
+        seconds: dict[str, _FieldSeconds] = {}
+        for degradation in config.degradation:
+            if degradation.applies_to(source):
+                for name, worse in degradation.fields.items():
+                    text = (
+                        f"robust z of the 1 s mean vs 5 min, {worse} is worse, "
+                        f"|z| > {degradation.z_cutoff:g}"
+                    )
+                    check = Check("degradation", "anomaly", text, degradation.severity, 1000)
+                    seconds.setdefault(name, _FieldSeconds()).degradation = (
+                        check,
+                        Degradation(worse=worse, z_cutoff=degradation.z_cutoff),
+                    )
+        for watch in config.patterns.watch:
+            if watch.applies_to(source):
+                for name in watch.fields:
+                    seconds.setdefault(name, _FieldSeconds()).recent = deque(
+                        maxlen=config.patterns.length
+                    )
+        state = _SourceState(monitors, jank, seconds)
+        self.sources[source] = state
+        return state
