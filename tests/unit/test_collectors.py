@@ -5,6 +5,7 @@ from typing import Any
 import orjson
 
 from kestrel.collectors.publisher import BatchingPublisher, batch_envelope
+from kestrel.collectors.system import GpuSampler, SystemSampler
 from kestrel.schemas import parse_envelope
 
 
@@ -45,3 +46,23 @@ def test_publisher_sends_one_message_per_interval_and_keeps_the_budget() -> None
     envelope = parse_envelope(value)
     assert (topic, key, kw["timestamp_ms"]) == ("ns.metrics.model", b"model:m", 10_059)
     assert envelope.samples is not None and len(envelope.samples.timestamp) == 60
+
+
+def test_system_sample_has_every_digest_field_and_gpu_fields_follow_nvml() -> None:
+    sample = SystemSampler().sample()
+    assert set(sample) == {
+        "cpu_percent",
+        "memory_percent",
+        "gpu_utilization",
+        "gpu_memory_mb",
+        "disk_io_read_mb",
+        "disk_io_write_mb",
+        "network_bytes_in",
+        "network_bytes_out",
+    }
+    assert sample["memory_percent"] is not None and 0 < sample["memory_percent"] <= 100
+    if GpuSampler().handles:  # a machine with an NVIDIA GPU and driver
+        assert sample["gpu_utilization"] is not None and sample["gpu_memory_mb"] is not None
+        assert sample["gpu_memory_mb"] > 0
+    else:  # NVML finds nothing: unknown, not zero
+        assert sample["gpu_utilization"] is None and sample["gpu_memory_mb"] is None
