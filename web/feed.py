@@ -1,0 +1,144 @@
+"""Fills a :class:`web.hot_cache.HotCache` from Kafka, in the web server's event loop.
+
+One aiokafka consumer, assigned every partition of the topics it reads (no consumer
+group: every web process needs all of it), so it never rebalances. At start it seeks
+each topic by timestamp to what the cache must hold: the aggregates and the raw
+samples of the last 5 minutes (so the running 5 min window is whole) and the alerts
+of the last hour; from then on it follows the topics live. A malformed record is
+logged and skipped: the stream worker has already dead-lettered it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from kestrel.errors import InvalidMessage
+from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate, parse_envelope
+from kestrel.settings import Settings
+from kestrel.topics import (
+    ALERTS,
+    COLLECTOR_TOPICS,
+    METRICS_AGGREGATES,
+    METRICS_ENERGY,
+    TopicSpec,
+    ensure_topics,
+)
+from web.hot_cache import HORIZON_MS, HotCache
+
+log = logging.getLogger(__name__)
+
+ALERTS_LOOKBACK_MS = 3_600_000
+
+
+class HotCacheFeed:
+    """Consumes Kestrel's topics into a hot cache; ``start`` returns once caught up."""
+
+    def __init__(self, settings: Settings, cache: HotCache) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.records = 0
+        self.skipped = 0
+        self.caught_up = asyncio.Event()
+        #: Notified after each batch of records is in the cache.
+        self.updated = asyncio.Condition()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        lookback = {ALERTS.suffix: ALERTS_LOOKBACK_MS}
+        self._plan: list[tuple[TopicSpec, int]] = [
+            (spec, lookback.get(spec.suffix, HORIZON_MS))
+            for spec in (*COLLECTOR_TOPICS, METRICS_AGGREGATES, METRICS_ENERGY, ALERTS)
+        ]
+        for spec, _ in self._plan:
+            self._handlers[spec.name(settings)] = self._handler(spec)
+
+    def _handler(self, spec: TopicSpec) -> Callable[[bytes], None]:
+        cache = self.cache
+        if spec is METRICS_AGGREGATES:
+            return lambda raw: cache.add_aggregate(WindowAggregate.model_validate_json(raw))
+        if spec is METRICS_ENERGY:
+            return lambda raw: cache.add_energy(MetricEnvelope.model_validate_json(raw))
+        if spec is ALERTS:
+            return lambda raw: cache.add_alert(Alert.model_validate_json(raw))
+        return lambda raw: cache.add_samples(parse_envelope(raw))
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Assign, seek by time, and follow; return once the backlog is read."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+        )
+        # The topics may not exist yet (no worker has started): create them as the
+        # catalogue says, as `kestrel-topics create` would, so assigning cannot fail.
+        specs = [spec for spec, _ in self._plan]
+        await asyncio.get_running_loop().run_in_executor(None, ensure_topics, self.settings, specs)
+        await consumer.start()
+        self._consumer = consumer
+        now_ms = int(time.time() * 1000)
+        partitions: dict[TopicPartition, int] = {}
+        for spec, lookback_ms in self._plan:
+            topic = spec.name(self.settings)
+            for p in range(spec.partition_count(self.settings)):
+                partitions[TopicPartition(topic, p)] = now_ms - lookback_ms
+        consumer.assign(list(partitions))
+        starts = await consumer.offsets_for_times(partitions)
+        ends = await consumer.end_offsets(list(partitions))
+        for tp, found in starts.items():
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
+        pending = {tp: end for tp, end in ends.items() if end > await consumer.position(tp)}
+        self._task = asyncio.create_task(self._follow(pending), name="hot-cache-feed")
+        self._task.add_done_callback(_log_failure)
+        await asyncio.wait_for(self.caught_up.wait(), timeout_s)
+        log.info("hot cache: %d records read, %d sources", self.records, len(self.cache.sources()))
+
+    async def _follow(self, pending: dict[TopicPartition, int]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        if not pending:
+            self.caught_up.set()
+        while True:
+            batches = await consumer.getmany(timeout_ms=100, max_records=2_000)
+            for tp, records in batches.items():
+                handle = self._handlers[tp.topic]
+                for record in records:
+                    self._apply(handle, record.value, tp, record.offset)
+                if tp in pending and records and records[-1].offset + 1 >= pending[tp]:
+                    del pending[tp]
+                    if not pending:
+                        self.caught_up.set()
+            if batches:
+                async with self.updated:
+                    self.updated.notify_all()
+
+    def _apply(
+        self, handle: Callable[[bytes], None], raw: bytes | None, tp: TopicPartition, offset: int
+    ) -> None:
+        try:
+            if raw is None:
+                raise InvalidMessage("missing_field", "empty record")
+            handle(raw)
+        except (InvalidMessage, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            self.skipped += 1
+            log.warning("hot cache skips %s[%d]@%d: %s", tp.topic, tp.partition, offset, exc)
+        else:
+            self.records += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("hot cache feed stopped", exc_info=task.exception())

@@ -1,0 +1,178 @@
+"""The hot cache: what a dashboard needs on connect, without replaying Kafka.
+
+It holds, for every source and field:
+
+* the **final aggregates** of the last 5 minutes of event time, per window size (from
+  ``metrics.aggregates``: at most 300 one-second, 30 ten-second and 2 five-minute
+  windows per field);
+* the **running value** of each open 1 s / 10 s / 5 min window, computed from the raw
+  samples with the stream worker's own window code (:mod:`tables.windows`), so it is
+  readable while the window is open, as the worker's own state is;
+* the **latest raw value** of each field, with its timestamp;
+
+and the active alerts, the last 200 alert records, and each model's latest energy
+mapping. It is plain memory owned by one process (the web server), filled by
+:class:`web.feed.HotCacheFeed`; its size is bounded by the number of (source, field)
+pairs, never by time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate
+from tables.windows import PartitionWindows, SampleBatch, WindowKey, default_specs
+
+HORIZON_MS = 300_000
+ALERT_HISTORY = 200
+WINDOW_SIZES_MS = {"1s": 1_000, "10s": 10_000, "5m": 300_000}
+
+
+@dataclass
+class _Series:
+    """The final aggregates of one (source, field, window size), oldest first."""
+
+    aggregates: deque[WindowAggregate] = field(default_factory=deque)
+
+    def add(self, aggregate: WindowAggregate) -> None:
+        items = self.aggregates
+        if items and aggregate.window_start_ms <= items[-1].window_start_ms:
+            # A re-emission (after a worker restart) or an older window: keep order.
+            kept = [a for a in items if a.window_start_ms != aggregate.window_start_ms]
+            kept.append(aggregate)
+            kept.sort(key=lambda a: a.window_start_ms)
+            items.clear()
+            items.extend(kept)
+        else:
+            items.append(aggregate)
+        newest_end = items[-1].window_end_ms
+        while len(items) > 1 and items[0].window_end_ms <= newest_end - HORIZON_MS:
+            items.popleft()
+
+
+class HotCache:
+    """Last 5 minutes of aggregates, running windows and latest values; see the module."""
+
+    def __init__(self, grace_ms: int = 1_000) -> None:
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._running: dict[str, PartitionWindows] = {}
+        self._offsets: dict[str, int] = {}
+        self._grace_ms = grace_ms
+        self.latest: dict[str, dict[str, tuple[int, float]]] = {}
+        self.energy: dict[str, dict[str, Any]] = {}
+        self.active_alerts: dict[str, Alert] = {}
+        self.alert_history: deque[Alert] = deque(maxlen=ALERT_HISTORY)
+
+    # Feeding ---------------------------------------------------------------------------
+    def add_aggregate(self, aggregate: WindowAggregate) -> None:
+        key = (aggregate.source, aggregate.field, aggregate.window)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        series.add(aggregate)
+
+    def add_samples(self, envelope: MetricEnvelope) -> None:
+        """A collector message: latest values, and the running windows."""
+        batch = SampleBatch.from_envelope(envelope)
+        latest = self.latest.setdefault(envelope.source, {})
+        timestamps = batch.timestamps.tolist()
+        for name, column in batch.fields.items():
+            for t, value in zip(reversed(timestamps), reversed(column.tolist()), strict=True):
+                if value == value:  # not NaN: the latest known value of this field
+                    if name not in latest or latest[name][0] <= t:
+                        latest[name] = (t, value)
+                    break
+        windows = self._running.get(envelope.source)
+        if windows is None:
+            windows = self._running[envelope.source] = PartitionWindows(
+                0, default_specs(self._grace_ms)
+            )
+        offset = self._offsets.get(envelope.source, -1) + 1
+        self._offsets[envelope.source] = offset
+        windows.apply(batch, offset)  # samples late for the cache are left out of it
+        windows.close_due()  # the final values come from metrics.aggregates
+        windows.dirty.clear()
+        windows.forget_closed()
+
+    def add_energy(self, envelope: MetricEnvelope) -> None:
+        if envelope.energy_visual is not None:
+            self.energy[envelope.source] = {
+                "timestamp": envelope.timestamp,
+                **envelope.energy_visual.model_dump(),
+            }
+
+    def add_alert(self, alert: Alert) -> None:
+        self.alert_history.append(alert)
+        if alert.state == "active":
+            self.active_alerts[alert.alert_id] = alert
+        else:
+            self.active_alerts.pop(alert.alert_id, None)
+
+    # Reading ---------------------------------------------------------------------------
+    def sources(self) -> list[str]:
+        names = {source for source, _, _ in self._series} | set(self.latest)
+        return sorted(names)
+
+    def fields(self, source: str) -> list[str]:
+        names = {f for s, f, _ in self._series if s == source} | set(self.latest.get(source, {}))
+        return sorted(names)
+
+    def aggregates(
+        self,
+        source: str,
+        field_name: str,
+        window: str = "1s",
+        since_ms: int | None = None,
+    ) -> list[WindowAggregate]:
+        """Final aggregates of the last 5 minutes, oldest first, ending after ``since_ms``."""
+        if window not in WINDOW_SIZES_MS:
+            raise ValueError(f"window must be one of {sorted(WINDOW_SIZES_MS)}, not {window!r}")
+        series = self._series.get((source, field_name, window))
+        if series is None:
+            return []
+        return [a for a in series.aggregates if since_ms is None or a.window_end_ms > since_ms]
+
+    def running(self, source: str, field_name: str | None = None) -> list[dict[str, Any]]:
+        """The open windows of a source (one field, or all), with their running value."""
+        windows = self._running.get(source)
+        if windows is None:
+            return []
+        rows = []
+        for key, state in sorted(windows.open_windows(source).items(), key=_order):
+            if field_name is None or key.field == field_name:
+                rows.append(
+                    {
+                        "source": key.source,
+                        "field": key.field,
+                        "window": key.window,
+                        "window_start_ms": key.start_ms,
+                        "window_end_ms": key.start_ms + WINDOW_SIZES_MS[key.window],
+                        **state.stats(),
+                    }
+                )
+        return rows
+
+    def snapshot(self, source: str) -> dict[str, Any]:
+        """Everything about one source, as a dashboard's backfill."""
+        return {
+            "source": source,
+            "latest": {
+                k: {"timestamp": t, "value": v} for k, (t, v) in self.latest.get(source, {}).items()
+            },
+            "running": self.running(source),
+            "aggregates": {
+                window: {
+                    name: [a.model_dump() for a in self.aggregates(source, name, window)]
+                    for name in self.fields(source)
+                }
+                for window in WINDOW_SIZES_MS
+            },
+            "energy": self.energy.get(source),
+        }
+
+
+def _order(item: tuple[WindowKey, Any]) -> tuple[str, int, int]:
+    key = item[0]
+    return key.field, WINDOW_SIZES_MS[key.window], key.start_ms
