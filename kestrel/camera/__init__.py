@@ -1,0 +1,1 @@
+"""Cameras: sources, synthetic scenes with ground truth, the producer, frame headers."""

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import pytest
+
+from kestrel.camera.batching import AdaptiveBatchSize, FrameQueues
+from kestrel.camera.frames import FrameHeaders, check_camera_id, parse_headers
+from kestrel.camera.geometry import crossing, foot, inside
+from kestrel.camera.synthetic import SyntheticScene
+from kestrel.camera.tracker import Tracker, iou_matrix
+from kestrel.errors import InvalidMessage
+
+GB = 1024**3
+
+
+def test_headers_round_trip_and_bad_ones_say_which() -> None:
+    headers = FrameHeaders.make("cam-1", 1_700_000_000_000_000_000, 7, 640, 480)
+    assert parse_headers(headers.encode()) == headers
+    assert headers.frame_id == "cam-1-1700000000000000000"
+    encoded = [h for h in headers.encode() if h[0] != "kestrel.seq"]
+    with pytest.raises(InvalidMessage, match=r"kestrel\.seq is missing"):
+        parse_headers(encoded)
+    bad = [(k, b"wide" if k == "kestrel.width" else v) for k, v in headers.encode()]
+    with pytest.raises(InvalidMessage, match=r"kestrel\.width is not an integer"):
+        parse_headers(bad)
+    huge = [(k, b"99999" if k == "kestrel.height" else v) for k, v in headers.encode()]
+    with pytest.raises(InvalidMessage, match="out of range"):
+        parse_headers(huge)
+    with pytest.raises(InvalidMessage, match="bad_camera_id"):
+        check_camera_id("../etc")
+
+
+def test_queues_drop_a_camera_s_oldest_frame_and_batches_take_the_oldest() -> None:
+    queues: FrameQueues[str] = FrameQueues(per_camera=2)
+    assert queues.put("a", 1.0, "a1") is None
+    assert queues.put("b", 1.5, "b1") is None
+    assert queues.put("a", 2.0, "a2") is None
+    evicted = queues.put("a", 3.0, "a3")  # camera a is behind: its oldest goes
+    assert evicted is not None and evicted.item == "a1"
+    assert queues.dropped == {"a": 1}
+    assert [w.item for w in queues.take(2)] == ["b1", "a2"]
+    assert [w.item for w in queues.take(5)] == ["a3"]
+    assert queues.oldest() is None
+
+
+def test_batch_size_starts_from_device_memory_and_adapts() -> None:
+    assert AdaptiveBatchSize.for_device(16 * GB, 1, 32).size == 8
+    assert AdaptiveBatchSize.for_device(6 * GB, 1, 32).size == 4
+    assert AdaptiveBatchSize.for_device(None, 1, 32).size == 1  # CPU
+    assert AdaptiveBatchSize.for_device(16 * GB, 1, 2).size == 2  # capped
+    batch = AdaptiveBatchSize(min_size=1, max_size=4, size=1)
+    assert [batch.record(1, 50.0) for _ in range(3)] == [1, 1, 2]  # 3 fast batches: grow
+    assert batch.record(2, 60.0) == 3
+    assert batch.record(3, 900.0) == 2  # mean of last 3 (50, 60, 900) > 200: shrink
+    assert batch.memory_pressure() == 1
+
+
+def test_geometry_zone_and_crossing_directions() -> None:
+    square = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    assert inside((5, 5), square) and not inside((15, 5), square)
+    assert foot((0, 0, 10, 20)) == (5, 20)
+    up = ((5.0, 10.0), (5.0, 0.0))  # a line drawn bottom to top
+    assert crossing(*up, (2, 5), (8, 5)) == "in"  # left to right, looking along it
+    assert crossing(*up, (8, 5), (2, 5)) == "out"
+    assert crossing(*up, (2, 5), (4, 5)) is None
+    assert crossing(*up, (2, 20), (8, 20)) is None  # passes beyond the segment's end
+
+
+def test_tracker_keeps_ids_through_motion_and_a_missed_frame() -> None:
+    tracker = Tracker(min_hits=2)
+    ids = []
+    for step in range(10):
+        x = 10.0 * step
+        boxes = [(x, 0.0, x + 50, 100.0), (300.0 - x, 0.0, 350.0 - x, 100.0)]
+        scores = [0.9, 0.9] if step != 5 else [0.9, 0.3]  # one weak frame (partly hidden)
+        if step == 6:
+            boxes, scores = boxes[:1], scores[:1]  # ... then missed entirely
+        tracks = tracker.match_and_update(boxes, scores, ["person"] * len(boxes))
+        ids.append(sorted(t.track_id for t in tracks))
+    assert ids[0] == []  # not confirmed after one frame
+    assert ids[1] == [1, 2]
+    assert ids[6] == [1]
+    assert ids[9] == [1, 2]  # the second object keeps its id after the gap
+    restored = Tracker.from_json(tracker.to_json(), min_hits=2)
+    assert restored.to_json() == tracker.to_json()
+
+
+def test_iou_matrix() -> None:
+    import numpy as np
+
+    a = np.array([[0, 0, 10, 10]], dtype=float)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], dtype=float)
+    assert iou_matrix(a, b).round(3).tolist() == [[1.0, 0.333, 0.0]]
+
+
+def test_synthetic_frames_are_a_function_of_time_with_boxes_inside_the_frame() -> None:
+    scene = SyntheticScene(3, actors=3)
+    frame, truth = scene.render(2.5)
+    again, truth_again = SyntheticScene(3, actors=3).render(2.5)
+    assert (frame == again).all() and truth == truth_again
+    assert frame.shape == (480, 640, 3)
+    assert {t.actor_id for t in truth} <= {0, 1, 2}
+    for t in truth:
+        x1, y1, x2, y2 = t.box
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+    later = scene.render(3.5)[1]
+    moved = {t.actor_id: t.box for t in later}
+    assert any(moved.get(t.actor_id) != t.box for t in truth)  # people walk
