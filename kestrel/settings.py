@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +83,31 @@ class Settings(BaseSettings):
         description="Samples per second one source may send; more goes to the dead letters.",
     )
 
+    # --- Cameras and inference ----------------------------------------------------------
+    detector: Literal["ssd", "yolo"] = Field(
+        "ssd", description="Output format of the detector model: models/ssd_tf.py or yolo.py."
+    )
+    model_path: Path | None = Field(
+        None, description="The ONNX detector; unset: the converted SSDLite in the cache dir."
+    )
+    score_threshold: float = Field(0.4, gt=0, lt=1, description="Lowest detection score kept.")
+    max_batch: int = Field(8, ge=1, le=256, description="Largest inference batch.")
+    max_queue_delay_ms: float = Field(
+        10.0, ge=0, description="How long a frame may wait for its batch to fill."
+    )
+    latency_target_ms: float = Field(
+        100.0, gt=0, description="Batches grow while their mean latency is under this."
+    )
+    latency_max_ms: float = Field(
+        200.0, gt=0, description="Batches shrink while their mean latency is over this."
+    )
+    camera_queue_frames: int = Field(
+        4, ge=1, description="Frames held per camera; a camera behind drops its oldest."
+    )
+    max_frame_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Larger frames go to the dead letters."
+    )
+
     rules_path: Path | None = Field(
         None,
         description="The analytics rules file (YAML); unset: kestrel/analytics/default_rules.yaml.",
@@ -108,6 +133,11 @@ class Settings(BaseSettings):
     def topic(self, suffix: str) -> str:
         """Full name of one of Kestrel's topics in this deployment's namespace."""
         return f"{self.namespace}.{suffix}"
+
+    @property
+    def detector_path(self) -> Path:
+        """The ONNX model the inference workers load."""
+        return self.model_path or self.cache_dir / "models" / "ssdlite_person.onnx"
 
     def app_id(self, role: str) -> str:
         """Faust app id (and so consumer group) of one worker role in this namespace."""

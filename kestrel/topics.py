@@ -85,21 +85,59 @@ ALERTS = TopicSpec(
     key="alert_id",
     config={"retention.ms": str(7 * 24 * 3600 * 1000)},
 )
+CAMERAS = TopicSpec(
+    "cameras",
+    doc="The camera registry: each camera's config, a tombstone when it is removed.",
+    key="camera_id",
+    compacted=True,
+    partitions=1,
+)
+CAMERA_FRAMES = TopicSpec(
+    "camera.frames",
+    doc="Raw JPEG frames; frame id, capture time, sequence and size in headers.",
+    key="camera_id",
+    config={"retention.ms": str(3600 * 1000), "max.message.bytes": str(9 * 1024 * 1024)},
+)
+CAMERA_DETECTIONS = TopicSpec(
+    "camera.detections",
+    doc="The inference group's detections per frame (JSON), for the tracking stage.",
+    key="camera_id",
+)
+CAMERA_RESULTS = TopicSpec(
+    "camera.results",
+    doc="Per-frame results: tracked objects, counts, zones, line crossings (JSON).",
+    key="camera_id",
+)
+METRICS_CAMERA = TopicSpec(
+    "metrics.camera",
+    doc="Per-frame object counts per class of each camera, windowed like any metric.",
+    key="source",
+)
 DEADLETTER = TopicSpec(
     "deadletter",
     doc="Messages that failed validation: original key and value, reason in headers.",
     key="original key",
     partitions=1,
-    config={"retention.ms": str(7 * 24 * 3600 * 1000)},
+    # Big enough for a rejected frame: a dead letter keeps the original value whole.
+    config={"retention.ms": str(7 * 24 * 3600 * 1000), "max.message.bytes": str(9 * 1024 * 1024)},
 )
 
-COLLECTOR_TOPICS: tuple[TopicSpec, ...] = (METRICS_SYSTEM, METRICS_MODEL, METRICS_UI)
+COLLECTOR_TOPICS: tuple[TopicSpec, ...] = (
+    METRICS_SYSTEM,
+    METRICS_MODEL,
+    METRICS_UI,
+    METRICS_CAMERA,
+)
 CATALOGUE: tuple[TopicSpec, ...] = (
     *COLLECTOR_TOPICS,
     METRICS_AGGREGATES,
     METRICS_LATE,
     METRICS_ENERGY,
     ALERTS,
+    CAMERAS,
+    CAMERA_FRAMES,
+    CAMERA_DETECTIONS,
+    CAMERA_RESULTS,
     DEADLETTER,
 )
 

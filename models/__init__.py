@@ -1,1 +1,22 @@
-"""Detectors behind one small interface (filled in by the camera pipeline)."""
+"""Detectors behind one small interface (:mod:`models.base`), one file per output format.
+
+:func:`load_detector` makes the one the settings name; only the inference workers
+call it, so no other process loads a model.
+"""
+
+from __future__ import annotations
+
+from kestrel.settings import Settings
+from models.base import Detections, Detector
+from models.ssd_tf import TfSsdDetector
+from models.yolo import YoloDetector
+
+FORMATS: dict[str, type[Detector]] = {"ssd": TfSsdDetector, "yolo": YoloDetector}
+
+
+def load_detector(settings: Settings) -> Detector:
+    """The detector of ``KESTREL_DETECTOR`` / ``KESTREL_MODEL_PATH``, warmed up."""
+    return FORMATS[settings.detector](settings.detector_path, settings.score_threshold)
+
+
+__all__ = ["FORMATS", "Detections", "Detector", "load_detector"]

@@ -8,8 +8,9 @@ pure function of (camera, time) and every frame's true boxes and identities are
 known exactly (:meth:`SyntheticScene.render`).
 
 The true box of an actor is the person inside its photograph (measured by hand on
-the source image, in ``Sprite.person``), scaled and placed as drawn and clipped to
-the frame; nearer actors (lower in the frame) are drawn over farther ones.
+the source image, in ``Sprite.person``), scaled and placed as drawn; nearer actors
+(lower in the frame) are drawn over farther ones, and each truth says how much of
+its box is still visible, so a scorer can leave mostly hidden people out.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Truth:
     actor_id: int
     label: str
     box: tuple[float, float, float, float]
+    #: Share of the box not hidden by nearer actors (0..1).
+    visible: float = 1.0
 
 
 def _data(name: str) -> Image:
@@ -127,9 +130,8 @@ class SyntheticScene:
             size = (round(sprite.image.shape[1] * scale), round(sprite.image.shape[0] * scale))
             image = np.asarray(cv2.resize(sprite.image, size), dtype=np.uint8)
             person_w = (px2 - px1) * scale
-            left = _bounce(
-                actor.x0 + actor.speed * t_s, -person_w / 3, self.width - person_w * 2 / 3
-            )
+            # Walkers turn at the frame's edges: always whole in view.
+            left = _bounce(actor.x0 + actor.speed * t_s, 0.0, self.width - person_w)
             # Place the photo so that the person's box lands at (left, foot_y - height).
             ox = round(left - px1 * scale)
             oy = round(actor.foot_y - actor.height_px - py1 * scale)
@@ -148,7 +150,21 @@ class SyntheticScene:
             )
             if clipped[2] > clipped[0] and clipped[3] > clipped[1]:
                 truths.append(Truth(actor.actor_id, sprite.label, clipped))
-        return frame, truths
+        return frame, self._visibility(truths)
+
+    def _visibility(self, truths: list[Truth]) -> list[Truth]:
+        """Each box's unhidden share, on a quarter-resolution map of who is in front."""
+        owner = np.full((self.height // 4 + 1, self.width // 4 + 1), -1, np.int32)
+        cells = []
+        for i, truth in enumerate(truths):  # drawing order: later ones are nearer
+            x1, y1, x2, y2 = (round(v / 4) for v in truth.box)
+            owner[y1:y2, x1:x2] = i
+            cells.append(max(1, (y2 - y1) * (x2 - x1)))
+        counts = np.bincount(owner[owner >= 0].ravel(), minlength=len(truths))
+        return [
+            Truth(t.actor_id, t.label, t.box, round(min(1.0, counts[i] / cells[i]), 3))
+            for i, t in enumerate(truths)
+        ]
 
     @staticmethod
     def _paste(frame: Image, image: Image, ox: int, oy: int) -> None:

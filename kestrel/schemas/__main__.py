@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kestrel.schemas.alerts import Alert
+from kestrel.schemas.camera import CameraConfig, CameraResult, FrameDetections
 from kestrel.schemas.metrics import LateSamples, MetricEnvelope, WindowAggregate
 
 HERE = Path(__file__).parent
@@ -17,6 +18,9 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "window_aggregate.json": WindowAggregate,
     "late_samples.json": LateSamples,
     "alert.json": Alert,
+    "camera_config.json": CameraConfig,
+    "camera_result.json": CameraResult,
+    "frame_detections.json": FrameDetections,
 }
 
 

@@ -20,11 +20,16 @@ from pydantic import (
 
 from kestrel.errors import InvalidMessage
 
-SOURCE_PATTERN = r"^(system|ui|model:[A-Za-z0-9._/-]{1,100})$"
+SOURCE_PATTERN = r"^(system|ui|model:[A-Za-z0-9._/-]{1,100}|camera:[A-Za-z0-9._-]{1,64})$"
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
 #: Which collector topic each kind of source publishes to.
-SOURCE_TOPICS = {"system": "metrics.system", "ui": "metrics.ui", "model": "metrics.model"}
+SOURCE_TOPICS = {
+    "system": "metrics.system",
+    "ui": "metrics.ui",
+    "model": "metrics.model",
+    "camera": "metrics.camera",
+}
 
 
 def topic_suffix_for(source: str) -> str:
@@ -84,7 +89,9 @@ class MetricEnvelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     timestamp: int = Field(gt=0, description="Event time, epoch milliseconds.")
-    source: str = Field(pattern=SOURCE_PATTERN, description='"system", "ui" or "model:<name>".')
+    source: str = Field(
+        pattern=SOURCE_PATTERN, description='"system", "ui", "model:<name>" or "camera:<id>".'
+    )
     type: Literal["metrics", "performance"]
     data: dict[FieldName, float | None] = Field(description="Field to value; null if unknown.")
     samples: SampleColumns | None = Field(None, description="Every sample of the interval.")

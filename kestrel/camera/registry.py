@@ -1,0 +1,103 @@
+"""The camera registry: the compacted ``cameras`` topic, read into memory.
+
+A camera producer registers each camera it runs (its :class:`CameraConfig`, keyed by
+camera id) and deletes it (a tombstone) when the camera is removed, so the pipeline
+learns of cameras as they come and go. Workers read the whole topic at start, then
+follow it, in a thread of their own (:class:`CameraRegistry`); a frame from a camera
+the registry does not know goes to the dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from kestrel.producer import KestrelProducer
+from kestrel.schemas.camera import CameraConfig
+from kestrel.settings import Settings
+from kestrel.topics import CAMERAS
+
+log = logging.getLogger(__name__)
+
+
+def register(producer: KestrelProducer, settings: Settings, config: CameraConfig) -> None:
+    producer.send(
+        CAMERAS.name(settings), config.model_dump_json().encode(), config.camera_id.encode()
+    )
+
+
+def unregister(producer: KestrelProducer, settings: Settings, camera_id: str) -> None:
+    producer.send(CAMERAS.name(settings), None, camera_id.encode())
+
+
+class CameraRegistry:
+    """Every registered camera's config, kept current by a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cameras: dict[str, CameraConfig] = {}
+        self.loaded = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="camera-registry", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start following; return once the topic has been read to its end."""
+        self._thread.start()
+        if not self.loaded.wait(timeout_s):
+            raise TimeoutError(f"camera registry not loaded within {timeout_s:g} s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def get(self, camera_id: str) -> CameraConfig | None:
+        return self.cameras.get(camera_id)
+
+    def _run(self) -> None:
+        topic = CAMERAS.name(self.settings)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap_servers,
+                "group.id": f"{self.settings.namespace}-registry-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            at_end: set[int] = set()
+            while not self._stop.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition() or 0)
+                        if len(at_end) == len(partitions):
+                            self.loaded.set()
+                        continue
+                    log.warning("camera registry: %s", error)
+                    continue
+                self._apply(msg.key(), msg.value())
+        finally:
+            consumer.close()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        camera_id = (key or b"").decode(errors="replace")
+        if value is None:
+            if self.cameras.pop(camera_id, None) is not None:
+                log.info("camera %s removed", camera_id)
+            return
+        try:
+            config = CameraConfig.model_validate_json(value)
+        except ValueError as exc:
+            log.warning("camera registry: skipping a bad config for %r: %s", camera_id, exc)
+            return
+        if camera_id not in self.cameras:
+            log.info("camera %s registered (%s, %g fps)", camera_id, config.source, config.fps)
+        self.cameras[camera_id] = config
