@@ -130,7 +130,10 @@ def test_bad_frames_go_to_the_dead_letters_and_the_camera_goes_on(pipeline: Sett
 
     expected = [reason for *_, reason in sends if reason is not None]
     letters = read_until(settings, DEADLETTER.name(settings), lambda m: len(m) >= len(expected), 60)
-    parsed = [DeadLetter.from_headers(dict(m.headers() or [])) for m in letters]
+    parsed = []
+    for letter in letters:
+        pairs: list[tuple[str, bytes]] = list(letter.headers() or [])  # type: ignore[arg-type]
+        parsed.append(DeadLetter.from_headers(dict(pairs)))
     assert sorted(p.reason for p in parsed) == sorted(expected)
     assert {p.stage for p in parsed} == {"inference"}
     assert all(p.topic == topic for p in parsed)
