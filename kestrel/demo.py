@@ -84,13 +84,23 @@ def roles(settings: Settings, logs: Path) -> list[Child]:
             logs / "analytics-worker.log",
         ),
         Child(
+            "inference worker",
+            [py, "-m", "faust", "-A", "faust_app:inference", "worker", "-l", "info"],
+            logs / "inference-worker.log",
+        ),
+        Child(
+            "synthetic cameras",
+            [py, "-m", "kestrel.camera.cli", "--synthetic", "2", "--fps", "5"],
+            logs / "cameras.log",
+        ),
+        Child(
             "system collector",
             [py, "-m", "kestrel.collectors.cli", "system"],
             logs / "collector-system.log",
         ),
         Child(
             "aggregates tail",
-            [py, "-m", "kestrel.tail", "metrics.aggregates", "alerts"],
+            [py, "-m", "kestrel.tail", "metrics.aggregates", "alerts", "camera.results"],
             None,
         ),
     ]
@@ -118,7 +128,8 @@ def run(settings: Settings) -> int:
             where = f"log {child.log_path}" if child.log_path else "this terminal"
             print(f"  {child.role:22} pid {pid:<8} {where}")
         print(
-            "Aggregates follow as their windows close, and alerts as they start and end.\n"
+            "Aggregates follow as their windows close, alerts as they start and end, and\n"
+            "each camera frame's result.\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -6,10 +6,28 @@ import argparse
 import sys
 import uuid
 
+import orjson
 from confluent_kafka import Consumer
 
 from kestrel.process import stop_on_signals
 from kestrel.settings import get_settings
+
+
+def _brief(topic: str, value: bytes) -> str:
+    """A camera result in one line (the whole JSON is a screenful); anything else as is."""
+    if topic.endswith(".camera.results"):
+        try:
+            result = orjson.loads(value)
+            data = result["data"]
+            summary = data["post_processing_result"]["agg_summary"]
+            return (
+                f"{result['camera_id']} frame {data['metadata']['seq']}: "
+                f"counts {summary['counts']} tracks {summary['active_tracks']} "
+                f"lines {summary['line_crossings']} in {data['processing_time'] * 1000:.0f} ms"
+            )
+        except (ValueError, KeyError, TypeError):
+            pass
+    return value.decode(errors="replace")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            topic = msg.topic()
+            topic = msg.topic() or ""
             if msg.error():
                 print(f"[{topic}] error: {msg.error()}", file=sys.stderr)
                 continue
             value = msg.value() or b""
-            print(f"[{topic}] {value.decode(errors='replace')}", flush=True)
+            print(f"[{topic}] {_brief(topic, value)}", flush=True)
     finally:
         consumer.close()
     return 0
