@@ -12,7 +12,7 @@ MODEL  := .kestrel/cache/models/ssdlite_person.onnx
 CONVERT_VENV := .venv-convert
 
 .PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
-        bench-telemetry model
+        bench-telemetry bench-camera model
 
 setup: $(STAMP) $(MODEL)
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
@@ -68,6 +68,9 @@ $(QUIX_VENV)/.installed:
 
 bench-telemetry: setup $(QUIX_VENV)/.installed
 	$(BIN)/python -m bench.telemetry $(BENCH_ARGS)
+
+bench-camera: setup
+	$(BIN)/python -m bench.camera $(BENCH_ARGS)
 
 broker: setup
 	$(BIN)/kestrel-broker run

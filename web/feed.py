@@ -15,14 +15,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kestrel.camera.frame_cache import CachedFrame, FrameCache
+from kestrel.camera.frames import parse_headers
 from kestrel.errors import InvalidMessage
 from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate, parse_envelope
+from kestrel.schemas.camera import CameraResult
 from kestrel.settings import Settings
 from kestrel.topics import (
     ALERTS,
+    CAMERA_FRAMES,
+    CAMERA_RESULTS,
     COLLECTOR_TOPICS,
     METRICS_AGGREGATES,
     METRICS_ENERGY,
@@ -34,14 +40,18 @@ from web.hot_cache import HORIZON_MS, HotCache
 log = logging.getLogger(__name__)
 
 ALERTS_LOOKBACK_MS = 3_600_000
+Record = Any  # aiokafka's ConsumerRecord: untyped here (aiokafka ships no stubs)
 
 
 class HotCacheFeed:
     """Consumes Kestrel's topics into a hot cache; ``start`` returns once caught up."""
 
-    def __init__(self, settings: Settings, cache: HotCache) -> None:
+    def __init__(
+        self, settings: Settings, cache: HotCache, frames: FrameCache | None = None
+    ) -> None:
         self.settings = settings
         self.cache = cache
+        self.frames = frames
         self.records = 0
         self.skipped = 0
         self.caught_up = asyncio.Event()
@@ -49,24 +59,39 @@ class HotCacheFeed:
         self.updated = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._handlers: dict[str, Callable[[bytes], None]] = {}
-        lookback = {ALERTS.suffix: ALERTS_LOOKBACK_MS}
+        self._handlers: dict[str, Callable[[Record], None]] = {}
+        # Frames only from now on: the cache holds the latest; results of the last minute.
+        lookback = {ALERTS.suffix: ALERTS_LOOKBACK_MS, CAMERA_FRAMES.suffix: 0}
+        lookback[CAMERA_RESULTS.suffix] = 60_000
+        specs = [*COLLECTOR_TOPICS, METRICS_AGGREGATES, METRICS_ENERGY, ALERTS, CAMERA_RESULTS]
+        if frames is not None:
+            specs.append(CAMERA_FRAMES)
         self._plan: list[tuple[TopicSpec, int]] = [
-            (spec, lookback.get(spec.suffix, HORIZON_MS))
-            for spec in (*COLLECTOR_TOPICS, METRICS_AGGREGATES, METRICS_ENERGY, ALERTS)
+            (spec, lookback.get(spec.suffix, HORIZON_MS)) for spec in specs
         ]
         for spec, _ in self._plan:
             self._handlers[spec.name(settings)] = self._handler(spec)
 
-    def _handler(self, spec: TopicSpec) -> Callable[[bytes], None]:
+    def _handler(self, spec: TopicSpec) -> Callable[[Record], None]:
         cache = self.cache
         if spec is METRICS_AGGREGATES:
-            return lambda raw: cache.add_aggregate(WindowAggregate.model_validate_json(raw))
+            return lambda r: cache.add_aggregate(WindowAggregate.model_validate_json(_value(r)))
         if spec is METRICS_ENERGY:
-            return lambda raw: cache.add_energy(MetricEnvelope.model_validate_json(raw))
+            return lambda r: cache.add_energy(MetricEnvelope.model_validate_json(_value(r)))
         if spec is ALERTS:
-            return lambda raw: cache.add_alert(Alert.model_validate_json(raw))
-        return lambda raw: cache.add_samples(parse_envelope(raw))
+            return lambda r: cache.add_alert(Alert.model_validate_json(_value(r)))
+        if spec is CAMERA_RESULTS:
+            return lambda r: cache.add_result(CameraResult.model_validate_json(_value(r)))
+        if spec is CAMERA_FRAMES:
+            return self._add_frame
+        return lambda r: cache.add_samples(parse_envelope(_value(r)))
+
+    def _add_frame(self, record: Record) -> None:
+        assert self.frames is not None
+        headers = parse_headers(list(record.headers or ()))
+        camera_id = (record.key or b"").decode(errors="replace")
+        frame = CachedFrame(headers.frame_id, camera_id, headers.capture_ns, _value(record))
+        self.frames.put(frame)
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Assign, seek by time, and follow; return once the backlog is read."""
@@ -108,7 +133,7 @@ class HotCacheFeed:
             for tp, records in batches.items():
                 handle = self._handlers[tp.topic]
                 for record in records:
-                    self._apply(handle, record.value, tp, record.offset)
+                    self._apply(handle, record, tp)
                 if tp in pending and records and records[-1].offset + 1 >= pending[tp]:
                     del pending[tp]
                     if not pending:
@@ -117,16 +142,12 @@ class HotCacheFeed:
                 async with self.updated:
                     self.updated.notify_all()
 
-    def _apply(
-        self, handle: Callable[[bytes], None], raw: bytes | None, tp: TopicPartition, offset: int
-    ) -> None:
+    def _apply(self, handle: Callable[[Record], None], record: Record, tp: TopicPartition) -> None:
         try:
-            if raw is None:
-                raise InvalidMessage("missing_field", "empty record")
-            handle(raw)
+            handle(record)
         except (InvalidMessage, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             self.skipped += 1
-            log.warning("hot cache skips %s[%d]@%d: %s", tp.topic, tp.partition, offset, exc)
+            log.warning("hot cache skips %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc)
         else:
             self.records += 1
 
@@ -137,6 +158,13 @@ class HotCacheFeed:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+def _value(record: Record) -> bytes:
+    if record.value is None:
+        raise InvalidMessage("missing_field", "empty record")
+    value: bytes = record.value
+    return value
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -10,10 +10,10 @@ It holds, for every source and field:
   readable while the window is open, as the worker's own state is;
 * the **latest raw value** of each field, with its timestamp;
 
-and the active alerts, the last 200 alert records, and each model's latest energy
-mapping. It is plain memory owned by one process (the web server), filled by
-:class:`web.feed.HotCacheFeed`; its size is bounded by the number of (source, field)
-pairs, never by time.
+and the active alerts, the last 200 alert records, each model's latest energy
+mapping, and each camera's latest result. It is plain memory owned by one process
+(the web server), filled by :class:`web.feed.HotCacheFeed`; its size is bounded by
+the number of (source, field) pairs and cameras, never by time.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate
+from kestrel.schemas.camera import CameraResult
 from tables.windows import PartitionWindows, SampleBatch, WindowKey, default_specs
 
 HORIZON_MS = 300_000
@@ -64,6 +65,7 @@ class HotCache:
         self.energy: dict[str, dict[str, Any]] = {}
         self.active_alerts: dict[str, Alert] = {}
         self.alert_history: deque[Alert] = deque(maxlen=ALERT_HISTORY)
+        self.results: dict[str, CameraResult] = {}
 
     # Feeding ---------------------------------------------------------------------------
     def add_aggregate(self, aggregate: WindowAggregate) -> None:
@@ -102,6 +104,13 @@ class HotCache:
                 "timestamp": envelope.timestamp,
                 **envelope.energy_visual.model_dump(),
             }
+
+    def add_result(self, result: CameraResult) -> None:
+        """A camera's latest result (by capture time)."""
+        current = self.results.get(result.camera_id)
+        capture = result.data.metadata.capture_ts_ns
+        if current is None or current.data.metadata.capture_ts_ns <= capture:
+            self.results[result.camera_id] = result
 
     def add_alert(self, alert: Alert) -> None:
         self.alert_history.append(alert)

@@ -105,3 +105,19 @@ def test_synthetic_frames_are_a_function_of_time_with_boxes_inside_the_frame() -
     later = scene.render(3.5)[1]
     moved = {t.actor_id: t.box for t in later}
     assert any(moved.get(t.actor_id) != t.box for t in truth)  # people walk
+
+
+def test_frame_cache_is_bounded_in_bytes_and_knows_each_camera_s_latest() -> None:
+    from kestrel.camera.frame_cache import CachedFrame, FrameCache
+
+    cache = FrameCache(max_bytes=250)
+    for i in range(5):
+        cache.put(CachedFrame(f"a-{i}", "a", i, b"x" * 100))
+    assert len(cache) == 2 and cache.size == 200 and cache.evicted == 3
+    assert cache.get("a-0") is None and cache.get("a-4") is not None
+    cache.put(CachedFrame("b-1", "b", 1, b"y" * 10))
+    latest = cache.latest_frame("a")
+    assert latest is not None and latest.frame_id == "a-4"
+    cache.put(CachedFrame("a-late", "a", 2, b"z"))  # an older capture arriving late
+    latest = cache.latest_frame("a")
+    assert latest is not None and latest.frame_id == "a-4"
