@@ -11,7 +11,8 @@ that many wait or the oldest has waited ``KESTREL_MAX_QUEUE_DELAY_MS`` (Triton's
 dynamic batcher), decodes them in a thread pool (a corrupt JPEG is dead-lettered,
 the rest of the batch goes on), runs the detector in its own thread, publishes one
 :class:`FrameDetections` per frame to ``camera.detections``, and acks the frames
-once those are delivered. The detector is loaded when the worker starts, never at
+once those are delivered; up to three batches wait for delivery while the next one
+runs. The detector is loaded when the worker starts, never at
 import, and the model's telemetry (FPS, latency, batch size, queue wait, GPU) goes
 to ``metrics.model`` through the model-metrics client.
 """
@@ -46,6 +47,7 @@ from models import Detector, load_detector
 
 log = logging.getLogger(__name__)
 STAGE = "inference"
+MAX_IN_FLIGHT = 3  # batches whose detections are being delivered (digest B: 3 requests)
 
 frames_topic = faust_topic(app, settings, CAMERA_FRAMES)
 detections_topic = faust_topic(app, settings, CAMERA_DETECTIONS)
@@ -78,6 +80,7 @@ class InferenceStage:
         self.dead_letters: dict[str, int] = {}
         self._batcher: asyncio.Task[None] | None = None
         self._acking: set[asyncio.Task[None]] = set()
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def start(self) -> None:
         if self._batcher is not None:
@@ -238,13 +241,26 @@ class InferenceStage:
                 out.model_dump_json().encode(),
                 frame.camera_id.encode(),
             )
-        await self.producer.flush_async()
-        for w in batch:
-            w.item.event.ack()
         latency_ms = (time.monotonic() - started) * 1000
         self.frames += len(good)
         self._adapt(len(batch), latency_ms)
         self._report(batch, started, latency_ms)
+        # Deliver in the background and go on to the next batch: up to MAX_IN_FLIGHT
+        # batches are in flight, as the digest's workers keep several requests going.
+        await self._in_flight.acquire()
+        task = asyncio.create_task(self._deliver(batch))
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def _deliver(self, batch: list[Waiting[Frame]]) -> None:
+        """Ack a batch's frames once their detections are durable."""
+        try:
+            assert self.producer is not None
+            await self.producer.flush_async()
+            for w in batch:
+                w.item.event.ack()
+        finally:
+            self._in_flight.release()
 
     def _adapt(self, size: int, latency_ms: float) -> None:
         before = self.batch.size
