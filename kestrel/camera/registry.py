@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import CameraConfig
 from kestrel.settings import Settings
-from kestrel.topics import CAMERAS
+from kestrel.topics import CAMERAS, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class CameraRegistry:
         self.settings = settings
         self.cameras: dict[str, CameraConfig] = {}
         self.loaded = threading.Event()
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="camera-registry", daemon=True)
 
@@ -48,6 +49,8 @@ class CameraRegistry:
         self._thread.start()
         if not self.loaded.wait(timeout_s):
             raise TimeoutError(f"camera registry not loaded within {timeout_s:g} s")
+        if self.error is not None:
+            raise RuntimeError(f"camera registry failed: {self.error}") from self.error
 
     def stop(self) -> None:
         self._stop.set()
@@ -57,7 +60,17 @@ class CameraRegistry:
         return self.cameras.get(camera_id)
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        except Exception as exc:  # reported to start(), or logged once running
+            self.error = exc
+            log.exception("camera registry stopped")
+            self.loaded.set()
+
+    def _follow(self) -> None:
         topic = CAMERAS.name(self.settings)
+        # A pipeline may start before any camera: the registry is then empty, not missing.
+        ensure_topics(self.settings, [CAMERAS])
         consumer = Consumer(
             {
                 "bootstrap.servers": self.settings.bootstrap_servers,
@@ -68,6 +81,8 @@ class CameraRegistry:
         )
         try:
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            if not partitions:
+                raise RuntimeError(f"camera registry topic {topic} has no partitions")
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             at_end: set[int] = set()
             while not self._stop.is_set():

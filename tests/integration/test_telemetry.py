@@ -25,6 +25,8 @@ from kestrel.deadletter import DeadLetter
 from kestrel.settings import Settings, child_environment
 from kestrel.topics import (
     ALERTS,
+    CAMERA_FRAMES,
+    CAMERAS,
     CATALOGUE,
     DEADLETTER,
     METRICS_AGGREGATES,
@@ -128,8 +130,9 @@ def test_worker_declares_topics_from_the_catalogue(
 ) -> None:
     settings, _ = telemetry
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    # The analytics worker declares its own outputs (tests/integration/test_analytics.py).
-    wanted = {spec.name(settings) for spec in CATALOGUE if spec not in (ALERTS, METRICS_ENERGY)}
+    # The analytics and inference workers declare their own (their tests check them).
+    theirs = (ALERTS, METRICS_ENERGY, CAMERAS, CAMERA_FRAMES)
+    wanted = {spec.name(settings) for spec in CATALOGUE if spec not in theirs}
     deadline = time.monotonic() + 30
     while not wanted <= set(topics := admin.list_topics(timeout=10).topics):
         assert time.monotonic() < deadline, f"missing {wanted - set(topics)}"
