@@ -84,8 +84,9 @@ class Settings(BaseSettings):
     )
 
     # --- Cameras and inference ----------------------------------------------------------
-    detector: Literal["ssd", "yolo"] = Field(
-        "ssd", description="Output format of the detector model: models/ssd_tf.py or yolo.py."
+    detector: Literal["ssd", "yolo", "centerface"] = Field(
+        "ssd",
+        description="Output format of the detector: models/ssd_tf.py, yolo.py, centerface.py.",
     )
     model_path: Path | None = Field(
         None, description="The ONNX detector; unset: the converted SSDLite in the cache dir."

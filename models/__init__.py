@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from kestrel.settings import Settings
 from models.base import Detections, Detector
+from models.centerface import CenterFaceDetector
 from models.ssd_tf import TfSsdDetector
 from models.yolo import YoloDetector
 
-FORMATS: dict[str, type[Detector]] = {"ssd": TfSsdDetector, "yolo": YoloDetector}
+FORMATS: dict[str, type[Detector]] = {
+    "ssd": TfSsdDetector,
+    "yolo": YoloDetector,
+    "centerface": CenterFaceDetector,
+}
 
 
 def load_detector(settings: Settings) -> Detector:
