@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         None, description="The ONNX detector; unset: the converted SSDLite in the cache dir."
     )
     score_threshold: float = Field(0.4, gt=0, lt=1, description="Lowest detection score kept.")
+    inference_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per worker; 0: its default (cores)."
+    )
     max_batch: int = Field(8, ge=1, le=256, description="Largest inference batch.")
     max_queue_delay_ms: float = Field(
         10.0, ge=0, description="How long a frame may wait for its batch to fill."

@@ -21,7 +21,9 @@ FORMATS: dict[str, type[Detector]] = {
 
 def load_detector(settings: Settings) -> Detector:
     """The detector of ``KESTREL_DETECTOR`` / ``KESTREL_MODEL_PATH``, warmed up."""
-    return FORMATS[settings.detector](settings.detector_path, settings.score_threshold)
+    return FORMATS[settings.detector](
+        settings.detector_path, settings.score_threshold, settings.inference_threads
+    )
 
 
 __all__ = ["FORMATS", "Detections", "Detector", "load_detector"]
