@@ -27,7 +27,14 @@ from kestrel.deadletter import DeadLetter
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import CameraConfig, CameraResult
 from kestrel.settings import Settings, child_environment
-from kestrel.topics import CAMERA_FRAMES, CAMERA_RESULTS, CAMERAS, DEADLETTER, ensure_topics
+from kestrel.topics import (
+    CAMERA_FRAMES,
+    CAMERA_RESULTS,
+    CAMERAS,
+    DEADLETTER,
+    METRICS_AGGREGATES,
+    ensure_topics,
+)
 from tests.conftest import settings_for
 from tests.kafka_helpers import REPO, FaustWorker, read_until
 
@@ -93,6 +100,19 @@ def test_synthetic_cameras_flow_to_results_that_match_the_schema(
         people += len(result.data.post_processing_result.tracked_objects)
     assert people > 0  # the detector found the walkers, and the tracker confirmed them
 
+    # Per-camera, per-class counts are windowed like any metric (source camera:<id>).
+    def counted(msgs: list[Message]) -> bool:
+        keys = {(m.key() or b"").decode() for m in msgs}
+        return any(k.startswith("camera:synth-0|person|1s|") for k in keys)
+
+    aggregates = read_until(settings, METRICS_AGGREGATES.name(settings), counted, 60)
+    person = [
+        orjson.loads(m.value() or b"")
+        for m in aggregates
+        if (m.key() or b"").decode().startswith("camera:synth-0|person|1s|")
+    ]
+    assert all(0 < a["count"] <= 6 for a in person)  # one count per frame, 5 FPS
+
 
 def frame(camera_id: str, seq: int, jpeg: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     headers = FrameHeaders.make(camera_id, 1_700_000_000_000_000_000 + seq, seq, 640, 480)
@@ -144,3 +164,40 @@ def test_bad_frames_go_to_the_dead_letters_and_the_camera_goes_on(pipeline: Sett
     )
     assert seqs == [0, 5]
     assert CAMERAS.name(settings)  # the registry topic is part of the catalogue
+
+
+def test_cameras_come_and_go_with_the_config_file(pipeline: Settings, tmp_path: Path) -> None:
+    """kestrel-camera --config: a camera added to the file starts, one removed stops."""
+    settings = pipeline
+    config = tmp_path / "cameras.yaml"
+    config.write_text("cameras:\n  - {camera_id: one, source: 'synthetic:1', fps: 5}\n")
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "kestrel.camera.cli", "--config", str(config)],
+        cwd=REPO,
+        env=child_environment(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def cameras_with_results(msgs: list[Message]) -> set[bytes]:
+            return {m.key() or b"" for m in msgs}
+
+        results_until(settings, lambda msgs: b"one" in cameras_with_results(msgs))
+        config.write_text("cameras:\n  - {camera_id: two, source: 'synthetic:2', fps: 5}\n")
+        results_until(settings, lambda msgs: b"two" in cameras_with_results(msgs))
+
+        def registry(msgs: list[Message]) -> dict[bytes, bytes | None]:
+            return {m.key() or b"": m.value() for m in msgs}
+
+        # "one" left the file: its registry entry is now a tombstone; "two" is there.
+        final = read_until(
+            settings,
+            CAMERAS.name(settings),
+            lambda msgs: registry(msgs).get(b"one", b"") is None and b"two" in registry(msgs),
+            30,
+        )
+        assert registry(final)[b"two"] is not None
+    finally:
+        producer.terminate()
+        producer.wait(30)
