@@ -48,6 +48,8 @@ from models import Detector, load_detector
 log = logging.getLogger(__name__)
 STAGE = "inference"
 MAX_IN_FLIGHT = 3  # batches whose detections are being delivered (digest B: 3 requests)
+REGISTRY_GRACE_S = 2.0  # how long a frame of an unseen camera waits for its registration
+UNKNOWN_MEMORY_S = 10.0
 
 frames_topic = faust_topic(app, settings, CAMERA_FRAMES)
 detections_topic = faust_topic(app, settings, CAMERA_DETECTIONS)
@@ -81,6 +83,7 @@ class InferenceStage:
         self._batcher: asyncio.Task[None] | None = None
         self._acking: set[asyncio.Task[None]] = set()
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._unknown: dict[str, float] = {}  # camera id -> refuse at once until
 
     async def start(self) -> None:
         if self._batcher is not None:
@@ -108,11 +111,31 @@ class InferenceStage:
         log.info("inference: batch size starts at %d (max %d)", self.batch.size, settings.max_batch)
 
     # Admission, on the event loop ------------------------------------------------------
-    def admit(self, event: faust.EventT[bytes]) -> None:
+    async def known(self, camera_id: str) -> bool:
+        """Is the camera registered? An unseen one gets a short grace for the registry.
+
+        Its producer registers it and then sends frames at once, on another topic, so
+        its first frames can come before the registration. A camera still unknown
+        after the grace is refused at once for the next ``UNKNOWN_MEMORY_S``, so
+        frames of unregistered cameras cannot stall the stream.
+        """
+        if self.registry.get(camera_id) is not None:
+            return True
+        if self._unknown.get(camera_id, 0.0) > time.monotonic():
+            return False
+        loop = asyncio.get_running_loop()
+        config = await loop.run_in_executor(
+            None, self.registry.wait_for, camera_id, REGISTRY_GRACE_S
+        )
+        if config is None:
+            self._unknown[camera_id] = time.monotonic() + UNKNOWN_MEMORY_S
+        return config is not None
+
+    async def admit(self, event: faust.EventT[bytes]) -> None:
         message = event.message
         try:
             camera_id = check_camera_id((message.key or b"").decode(errors="replace"))
-            if self.registry.get(camera_id) is None:
+            if not await self.known(camera_id):
                 raise InvalidMessage("unknown_camera", f"camera {camera_id!r} is not registered")
             value = message.value or b""
             if len(value) > settings.max_frame_bytes:
@@ -304,4 +327,4 @@ async def infer(stream: faust.StreamT[bytes]) -> None:
     manual_acks = cast(faust.Stream[bytes], stream).noack()
     await stage.start()
     async for event in manual_acks.events():
-        stage.admit(event)
+        await stage.admit(event)

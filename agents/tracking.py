@@ -32,6 +32,7 @@ from kestrel.errors import InvalidMessage
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import (
     AggSummary,
+    CameraConfig,
     CameraResult,
     FrameDetections,
     LineCount,
@@ -64,6 +65,7 @@ class TrackingStage:
         self._producer: KestrelProducer | None = None
         self.frames = 0
         self.replayed = 0
+        self._waited: set[str] = set()
 
     @property
     def producer(self) -> KestrelProducer:
@@ -79,7 +81,16 @@ class TrackingStage:
             await loop.run_in_executor(None, self.registry.start)
             self._producer = KestrelProducer(settings, **{"linger.ms": 1})
 
-    def handle(self, event: faust.EventT[bytes]) -> None:
+    async def config(self, camera_id: str) -> CameraConfig | None:
+        """The camera's zones and lines; a short grace if the registry lags (see inference)."""
+        found = self.registry.get(camera_id)
+        if found is None and camera_id not in self._waited:
+            self._waited.add(camera_id)  # once per camera: never stall the stream twice
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(None, self.registry.wait_for, camera_id, 2.0)
+        return found
+
+    async def handle(self, event: faust.EventT[bytes]) -> None:
         message = event.message
         try:
             frame = FrameDetections.model_validate_json(message.value or b"")
@@ -100,7 +111,7 @@ class TrackingStage:
             [d.score for d in frame.detections],
             [d.label for d in frame.detections],
         )
-        config = self.registry.get(frame.camera_id)
+        config = await self.config(frame.camera_id)
         zones = config.zones if config else []
         lines = config.lines if config else []
         totals: dict[str, dict[str, int]] = state.get("lines", {})
@@ -218,5 +229,5 @@ async def track(stream: faust.StreamT[bytes]) -> None:
     """Track every frame's detections; results are delivered before the ack."""
     await stage.start()
     async for event in stream.events():
-        stage.handle(event)
+        await stage.handle(event)
         await stage.producer.flush_async()

@@ -41,6 +41,7 @@ class CameraRegistry:
         self.cameras: dict[str, CameraConfig] = {}
         self.loaded = threading.Event()
         self.error: BaseException | None = None
+        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="camera-registry", daemon=True)
 
@@ -57,6 +58,17 @@ class CameraRegistry:
         self._thread.join(10)
 
     def get(self, camera_id: str) -> CameraConfig | None:
+        return self.cameras.get(camera_id)
+
+    def wait_for(self, camera_id: str, timeout_s: float) -> CameraConfig | None:
+        """The camera's config, waiting up to ``timeout_s`` for it to be registered.
+
+        A producer registers a camera and then sends its frames at once, on another
+        topic: the first frames can reach a worker before the registration does.
+        Blocks: call it from a thread.
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: camera_id in self.cameras, timeout_s)
         return self.cameras.get(camera_id)
 
     def _run(self) -> None:
@@ -115,4 +127,6 @@ class CameraRegistry:
             return
         if camera_id not in self.cameras:
             log.info("camera %s registered (%s, %g fps)", camera_id, config.source, config.fps)
-        self.cameras[camera_id] = config
+        with self._changed:
+            self.cameras[camera_id] = config
+            self._changed.notify_all()
