@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="Larger frames go to the dead letters."
     )
 
+    # --- The dashboard (web/) ------------------------------------------------------------
+    web_host: str = Field("127.0.0.1", description="Where the dashboard listens.")
+    web_port: int = Field(8000, ge=1, le=65535)
+    web_token: str | None = Field(
+        None, description="If set, WebSocket clients must send it in their hello."
+    )
+
     rules_path: Path | None = Field(
         None,
         description="The analytics rules file (YAML); unset: kestrel/analytics/default_rules.yaml.",

@@ -1,0 +1,220 @@
+"""The WebSocket protocol against the real server (uvicorn) with a real client.
+
+No broker here: the server runs without its Kafka feed, and the tests put updates
+into its hot cache directly; tests/integration drives it from a live pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from kestrel.schemas import Alert
+from kestrel.settings import load_settings
+from web.app import Dashboard, create_app
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """uvicorn serving a dashboard app in a thread of this process."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.port = free_port()
+        self.dashboard: Dashboard = app.state.dashboard
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:  # uvicorn's own readiness flag
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+    def call(self, fn: Any, *args: Any) -> None:
+        """Run ``fn`` on the server's event loop (the cache is not thread-safe)."""
+        assert self.dashboard.loop is not None
+        done = threading.Event()
+
+        def run() -> None:
+            fn(*args)
+            done.set()
+
+        self.dashboard.loop.call_soon_threadsafe(run)
+        assert done.wait(10)
+
+
+def without_kafka(tmp_path: Path, **settings: object) -> Starlette:
+    return create_app(load_settings(data_dir=tmp_path, **settings), follow_kafka=False)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = Server(without_kafka(tmp_path))
+    running.start()
+    yield running
+    running.stop()
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any]:
+    message: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+    return message
+
+
+async def hello(ws: ClientConnection, **payload: object) -> dict[str, Any]:
+    await ws.send(orjson.dumps({"v": 1, "type": "hello", "payload": payload}).decode())
+    return await receive(ws)
+
+
+def alert(state: str, timestamp: int) -> Alert:
+    return Alert.model_validate(
+        {
+            "alert_id": "frame_budget_breach|ui|frame_time_ms",
+            "rule": "frame_budget_breach",
+            "kind": "temporal",
+            "check": "frame_time_ms <= 16.67 always",
+            "state": state,
+            "severity": "warning",
+            "source": "ui",
+            "field": "frame_time_ms",
+            "value": 30.0,
+            "window": {"start_ms": 1, "end_ms": timestamp},
+            "evidence": {},
+            "raised_at_ms": 1,
+            "timestamp": timestamp,
+            "violations": 1,
+        }
+    )
+
+
+async def test_hello_subscribe_backfill_then_live_updates_with_sequence_numbers(
+    server: Server,
+) -> None:
+    server.call(server.dashboard.cache.add_alert, alert("active", 10))
+    async with connect(server.ws_url) as ws:
+        welcome = await hello(ws)
+        assert welcome["type"] == "welcome" and welcome["payload"]["max_hz"] == 60
+        await ws.send(
+            orjson.dumps(
+                {"type": "subscribe", "id": "s1", "payload": {"channels": ["alerts"]}}
+            ).decode()
+        )
+        subscribed = await receive(ws)
+        assert (subscribed["type"], subscribed["correlation_id"]) == ("subscribed", "s1")
+        backfill = await receive(ws)
+        assert (backfill["type"], backfill["channel"], backfill["seq"]) == ("backfill", "alerts", 0)
+        assert [a["state"] for a in backfill["payload"]["active"]] == ["active"]
+        server.call(server.dashboard.cache.add_alert, alert("cleared", 20))
+        update = await receive(ws)
+        assert (update["type"], update["channel"], update["seq"]) == ("update", "alerts", 1)
+        assert update["key"] == "frame_budget_breach|ui|frame_time_ms"
+        assert update["payload"]["state"] == "cleared"
+
+
+async def test_bad_frames_get_clear_errors_and_the_connection_goes_on(server: Server) -> None:
+    async with connect(server.ws_url) as ws:
+        await hello(ws)
+        await ws.send("{not json")
+        error = await receive(ws)
+        assert error["type"] == "error"
+        assert (error["payload"]["code"], error["payload"]["recoverable"]) == ("bad_json", True)
+        await ws.send(
+            orjson.dumps({"type": "subscribe", "payload": {"channels": ["everything"]}}).decode()
+        )
+        assert (await receive(ws))["payload"]["code"] == "unknown_channel"
+        await ws.send(orjson.dumps({"type": "launch", "payload": {}}).decode())
+        assert (await receive(ws))["payload"]["code"] == "bad_message"
+        await ws.send(orjson.dumps({"type": "ping", "id": "p", "payload": {"t": 1}}).decode())
+        pong = await receive(ws)
+        assert (pong["type"], pong["correlation_id"], pong["payload"]) == ("pong", "p", {"t": 1})
+
+
+async def test_hello_must_come_first(server: Server) -> None:
+    async with connect(server.ws_url) as ws:
+        await ws.send(orjson.dumps({"type": "ping", "payload": {}}).decode())
+        error = await receive(ws)
+        assert (error["payload"]["code"], error["payload"]["recoverable"]) == ("hello_first", False)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4002
+
+
+async def test_a_configured_token_is_checked(tmp_path: Path) -> None:
+    secured = Server(without_kafka(tmp_path, web_token="s3cret"))
+    secured.start()
+    try:
+        async with connect(secured.ws_url) as ws:
+            assert (await hello(ws, token="guess"))["payload"]["code"] == "unauthorized"
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        async with connect(secured.ws_url) as ws:
+            assert (await hello(ws, token="s3cret"))["type"] == "welcome"
+    finally:
+        secured.stop()
+
+
+async def test_a_flooding_client_is_limited_then_closed_and_others_are_served(
+    server: Server,
+) -> None:
+    async with connect(server.ws_url) as calm, connect(server.ws_url) as flood:
+        await hello(calm)
+        await hello(flood)
+        ping = orjson.dumps({"type": "ping", "payload": {}}).decode()
+        codes = []
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(2_000):
+                await flood.send(ping)
+            while True:
+                message = await receive(flood)
+                if message["type"] == "error":
+                    codes.append(message["payload"]["code"])
+        assert "rate_limited" in codes and codes[-1] == "flood"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        await calm.send(orjson.dumps({"type": "ping", "id": "still", "payload": {}}).decode())
+        assert (await receive(calm))["correlation_id"] == "still"
+    async with httpx.AsyncClient() as http:
+        status = (await http.get(f"http://127.0.0.1:{server.port}/api/v1/status/websocket")).json()
+    assert status["refused_messages"] > 200 and status["clients"] == 0
+
+
+async def test_rest_health_and_prometheus(server: Server) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{base}/healthz")).json() == {"ok": True}
+        assert "kestrel_web_clients" in (await http.get(f"{base}/metrics")).text
+        assert (await http.get(f"{base}/api/v1/status/system")).json()["rss_mb"] > 0
+        assert (await http.get(f"{base}/api/v1/cameras/nope/latest")).status_code == 404
+        missing = await http.get(f"{base}/api/v1/metrics/system/aggregates")
+        assert missing.status_code == 400 and "field" in missing.json()["error"]

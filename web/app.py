@@ -1,0 +1,337 @@
+"""The dashboard's Starlette app: WebSocket, Server-Sent Events, REST, Prometheus.
+
+It runs as its own process (``kestrel-web``), not inside a Faust worker: it must
+serve while workers rebalance and recover (Faust's ASGI hosting serves only after
+table recovery), it scales with viewers rather than with partitions, and it needs
+every partition of the output topics, which a consumer group would split. Its state
+is the hot cache (:mod:`web.live`), filled by one group-less consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import psutil
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from kestrel.camera.frame_cache import FrameCache
+from kestrel.settings import Settings
+from web.feed import HotCacheFeed
+from web.hub import Client, Hub
+from web.live import LiveCache
+from web.protocol import (
+    VERSION,
+    ProtocolError,
+    channels_of,
+    error_message,
+    parse_client,
+    server_message,
+)
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0  # the server pings this often; silence for twice as long closes
+HELLO_TIMEOUT_S = 10.0
+MAX_MESSAGES_PER_S = 50  # per client; beyond it messages are refused, then it is closed
+FLOOD_CLOSE_AFTER = 200  # refused messages before the connection is closed
+
+
+class Dashboard:
+    """Everything the routes share: settings, hub, cache, frames, feed, counters."""
+
+    def __init__(self, settings: Settings, follow_kafka: bool = True) -> None:
+        self.settings = settings
+        self.hub = Hub()
+        self.cache = LiveCache(self.hub, round(settings.window_grace_s * 1000))
+        self.frames = FrameCache()
+        self.feed = HotCacheFeed(settings, self.cache, self.frames) if follow_kafka else None
+        self.started = time.time()
+        self.refused = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()  # for callers in other threads (tests)
+        if self.feed is not None:
+            await self.feed.start()
+
+    async def stop(self) -> None:
+        for client in list(self.hub.clients.values()):
+            await self.hub.disconnect(client)
+        if self.feed is not None:
+            await self.feed.stop()
+
+    # WebSocket ---------------------------------------------------------------------------
+    async def websocket(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+
+        async def send(raw: bytes) -> None:
+            await websocket.send_text(raw.decode())
+
+        try:
+            await self._hello(websocket)
+        except ProtocolError as exc:
+            await send(error_message(exc))
+            await websocket.close(code=4001 if exc.code == "unauthorized" else 4002)
+            return
+        try:
+            client = self.hub.connect(send)
+        except ConnectionRefusedError as exc:
+            await send(error_message(ProtocolError("server_full", str(exc), recoverable=True)))
+            await websocket.close(code=1013)
+            return
+        welcome = {
+            "client_id": client.client_id,
+            "heartbeat_s": HEARTBEAT_S,
+            "max_hz": 60,
+            "channels": ["cameras", "camera:<id>", "metrics:<source>", "alerts", "system"],
+        }
+        await send(server_message("welcome", welcome))
+        try:
+            await self._converse(websocket, client, send)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await self.hub.disconnect(client)
+
+    async def _hello(self, websocket: WebSocket) -> None:
+        try:
+            raw = await asyncio.wait_for(websocket.receive_text(), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            raise ProtocolError("hello_timeout", "send hello first", recoverable=False) from None
+        message = parse_client(raw)
+        if message.type != "hello":
+            raise ProtocolError("hello_first", "the first message must be hello", False)
+        token = self.settings.web_token
+        given = str(message.payload.get("token", ""))
+        if token is not None and not hmac.compare_digest(given, token):
+            raise ProtocolError("unauthorized", "a valid token is required", recoverable=False)
+
+    async def _converse(self, websocket: WebSocket, client: Client, send: Any) -> None:
+        last_heard = time.monotonic()
+        window_start, in_window, refused = time.monotonic(), 0, 0
+        while True:
+            try:
+                raw = await asyncio.wait_for(websocket.receive_text(), HEARTBEAT_S)
+            except TimeoutError:
+                if time.monotonic() - last_heard > 2 * HEARTBEAT_S:
+                    timeout = ProtocolError("heartbeat_timeout", "no pong", recoverable=False)
+                    await send(error_message(timeout))
+                    await websocket.close(code=4008)
+                    return
+                await send(server_message("ping", {"t": time.time()}))
+                continue
+            last_heard = now = time.monotonic()
+            if now - window_start >= 1.0:
+                window_start, in_window = now, 0
+            in_window += 1
+            if in_window > MAX_MESSAGES_PER_S:
+                refused += 1
+                self.refused += 1
+                if refused > FLOOD_CLOSE_AFTER:
+                    flood = ProtocolError("flood", "too many messages", recoverable=False)
+                    await send(error_message(flood))
+                    await websocket.close(code=1008)
+                    return
+                if refused == 1 or refused % 50 == 0:
+                    limit = f"at most {MAX_MESSAGES_PER_S} messages a second"
+                    await send(error_message(ProtocolError("rate_limited", limit)))
+                continue
+            await self._handle(raw, client, send)
+
+    async def _handle(self, raw: str, client: Client, send: Any) -> None:
+        correlation = None
+        try:
+            message = parse_client(raw)
+            correlation = message.id
+            if message.type == "ping":
+                await send(server_message("pong", message.payload, correlation_id=correlation))
+            elif message.type == "subscribe":
+                channels = channels_of(message)
+                await send(
+                    server_message("subscribed", {"channels": channels}, correlation_id=correlation)
+                )
+                for channel in channels:
+                    payload = self.backfill(channel)
+                    await send(server_message("backfill", payload, channel=channel, seq=0))
+                    client.subscriptions.add(channel)
+            elif message.type == "unsubscribe":
+                channels = channels_of(message)
+                client.subscriptions.difference_update(channels)
+                await send(
+                    server_message(
+                        "unsubscribed", {"channels": channels}, correlation_id=correlation
+                    )
+                )
+            elif message.type == "hello":
+                raise ProtocolError("already_hello", "hello was already sent")
+            # pong: nothing to answer; hearing it reset the heartbeat
+        except ProtocolError as exc:
+            await send(error_message(exc, correlation))
+
+    def backfill(self, channel: str) -> dict[str, Any]:
+        if channel == "system":
+            return self.status_streaming()
+        return self.cache.backfill(channel)
+
+    # Server-Sent Events ------------------------------------------------------------------
+    async def sse(self, request: Request) -> Response:
+        raw_channels = request.query_params.get("channels", "")
+        try:
+            channels = channels_of(
+                parse_client(
+                    orjson.dumps(
+                        {"type": "subscribe", "payload": {"channels": raw_channels.split(",")}}
+                    )
+                )
+            )
+        except ProtocolError as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
+
+        async def send(raw: bytes) -> None:
+            await queue.put(raw)
+
+        client = self.hub.connect(send)
+        for channel in channels:
+            await send(server_message("backfill", self.backfill(channel), channel=channel, seq=0))
+            client.subscriptions.add(channel)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    try:
+                        raw = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield b"data: " + raw + b"\n\n"
+            finally:
+                await self.hub.disconnect(client)
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    # REST ----------------------------------------------------------------------------------
+    def status_streaming(self) -> dict[str, Any]:
+        feed = self.feed
+        return {
+            "protocol": VERSION,
+            "sources": self.cache.sources(),
+            "cameras": sorted(self.cache.results),
+            "active_alerts": len(self.cache.active_alerts),
+            "feed": {
+                "records": feed.records if feed else 0,
+                "skipped": feed.skipped if feed else 0,
+                "caught_up": feed.caught_up.is_set() if feed else False,
+            },
+            "frames_cached": len(self.frames),
+        }
+
+
+def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
+    """The dashboard app; ``follow_kafka=False`` for tests of the protocol alone."""
+    dash = Dashboard(settings, follow_kafka)
+    process = psutil.Process()
+    registry = CollectorRegistry()
+    clients_gauge = Gauge("kestrel_web_clients", "Connected clients", registry=registry)
+    buffered = Gauge(
+        "kestrel_web_buffered_bytes", "Bytes waiting in client buffers", registry=registry
+    )
+    published = Gauge("kestrel_web_updates_published", "Updates published", registry=registry)
+    records = Gauge(
+        "kestrel_web_feed_records", "Kafka records read into the cache", registry=registry
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await dash.start()
+        app.state.dashboard = dash
+        yield
+        await dash.stop()
+
+    async def system(request: Request) -> Response:
+        memory = process.memory_info().rss / 2**20
+        return JSONResponse(
+            {
+                "uptime_s": time.time() - dash.started,
+                "cpu_percent": process.cpu_percent(None),
+                "rss_mb": memory,
+                "host_cpu_percent": psutil.cpu_percent(None),
+            }
+        )
+
+    async def streaming(request: Request) -> Response:
+        return JSONResponse(dash.status_streaming())
+
+    async def websocket_status(request: Request) -> Response:
+        return JSONResponse({**dash.hub.stats(), "refused_messages": dash.refused})
+
+    async def cameras(request: Request) -> Response:
+        return JSONResponse(dash.cache.backfill("cameras"))
+
+    async def camera_latest(request: Request) -> Response:
+        camera_id = request.path_params["camera_id"]
+        result = dash.cache.results.get(camera_id)
+        if result is None:
+            return JSONResponse({"error": f"no result for camera {camera_id!r}"}, 404)
+        return Response(result.model_dump_json(by_alias=True), media_type="application/json")
+
+    async def camera_frame(request: Request) -> Response:
+        frame = dash.frames.latest_frame(request.path_params["camera_id"])
+        if frame is None:
+            return JSONResponse({"error": "no frame cached for this camera"}, 404)
+        return Response(frame.jpeg, media_type="image/jpeg", headers={"X-Frame-Id": frame.frame_id})
+
+    async def aggregates(request: Request) -> Response:
+        source = request.path_params["source"]
+        field = request.query_params.get("field")
+        window = request.query_params.get("window", "1s")
+        since = request.query_params.get("since_ms")
+        if field is None:
+            return JSONResponse({"error": "query parameter field is required"}, 400)
+        try:
+            rows = dash.cache.aggregates(source, field, window, int(since) if since else None)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return JSONResponse([r.model_dump() for r in rows])
+
+    async def metrics(request: Request) -> Response:
+        stats = dash.hub.stats()
+        clients_gauge.set(float(stats["clients"]))  # type: ignore[arg-type]
+        buffered.set(float(stats["buffered_bytes"]))  # type: ignore[arg-type]
+        published.set(float(stats["published"]))  # type: ignore[arg-type]
+        records.set(float(dash.feed.records if dash.feed else 0))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        ready = dash.feed is None or dash.feed.caught_up.is_set()
+        return JSONResponse({"ok": ready}, status_code=200 if ready else 503)
+
+    routes = [
+        WebSocketRoute("/ws", dash.websocket),
+        Route("/api/v1/stream", dash.sse),
+        Route("/api/v1/status/system", system),
+        Route("/api/v1/status/streaming", streaming),
+        Route("/api/v1/status/websocket", websocket_status),
+        Route("/api/v1/cameras", cameras),
+        Route("/api/v1/cameras/{camera_id}/latest", camera_latest),
+        Route("/api/v1/cameras/{camera_id}/frame.jpg", camera_frame),
+        Route("/api/v1/metrics/{source}/aggregates", aggregates),
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.dashboard = dash
+    return app
