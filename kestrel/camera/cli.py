@@ -1,7 +1,7 @@
 """``kestrel-camera``: publish camera frames to Kestrel.
 
-* ``kestrel-camera --synthetic 4 --fps 10``: four synthetic cameras (people walking
-  on known paths), ``synth-0`` ... ``synth-3``;
+* ``kestrel-camera --synthetic 4 --fps 10`` (or ``--cameras 4``): four synthetic
+  cameras (people walking on known paths), ``synth-0`` ... ``synth-3``;
 * ``kestrel-camera --config cameras.yaml``: the cameras of a file, re-read whenever it
   changes, so cameras are added, changed and removed while everything runs::
 
@@ -59,8 +59,14 @@ def read_config(path: Path) -> list[CameraConfig]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kestrel-camera", description=__doc__)
-    parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="synthetic cameras")
+    parser = argparse.ArgumentParser(
+        prog="kestrel-camera",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--synthetic", "--cameras", type=int, default=0, metavar="N", help="synthetic cameras"
+    )
     parser.add_argument("--fps", type=float, default=10.0, help="FPS cap of synthetic cameras")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first synthetic camera")
     parser.add_argument("--config", type=Path, help="YAML file of cameras, watched for changes")
