@@ -12,10 +12,18 @@ MODEL  := .kestrel/cache/models/ssdlite_person.onnx
 CONVERT_VENV := .venv-convert
 
 .PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
-        bench-telemetry bench-camera model
+        bench-telemetry bench-camera model chromium
 
-setup: $(STAMP) $(MODEL)
+setup: $(STAMP) $(MODEL) chromium
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
+
+# The browser tests drive Debian's chromium (Playwright's own download cannot run here).
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y -q chromium || \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Kestrel needs Python >= 3.11, found " + sys.version.split()[0]'

@@ -94,6 +94,11 @@ def roles(settings: Settings, logs: Path) -> list[Child]:
             logs / "cameras.log",
         ),
         Child(
+            "dashboard",
+            [py, "-m", "web"],
+            logs / "web.log",
+        ),
+        Child(
             "system collector",
             [py, "-m", "kestrel.collectors.cli", "system"],
             logs / "collector-system.log",
@@ -127,6 +132,7 @@ def run(settings: Settings) -> int:
             pid = child.proc.pid if child.proc else "?"
             where = f"log {child.log_path}" if child.log_path else "this terminal"
             print(f"  {child.role:22} pid {pid:<8} {where}")
+        print(f"Open the dashboard: http://{settings.web_host}:{settings.web_port}/")
         print(
             "Aggregates follow as their windows close, alerts as they start and end, and\n"
             "each camera frame's result.\n"

@@ -15,6 +15,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,8 +23,9 @@ import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from kestrel.camera.frame_cache import FrameCache
@@ -41,6 +43,8 @@ from web.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
 
 HEARTBEAT_S = 15.0  # the server pings this often; silence for twice as long closes
 HELLO_TIMEOUT_S = 10.0
@@ -294,6 +298,12 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
             return JSONResponse({"error": "no frame cached for this camera"}, 404)
         return Response(frame.jpeg, media_type="image/jpeg", headers={"X-Frame-Id": frame.frame_id})
 
+    async def frame_by_id(request: Request) -> Response:
+        frame = dash.frames.get(request.path_params["frame_id"])
+        if frame is None:
+            return JSONResponse({"error": "frame not in the cache"}, 404)
+        return Response(frame.jpeg, media_type="image/jpeg")
+
     async def aggregates(request: Request) -> Response:
         source = request.path_params["source"]
         field = request.query_params.get("field")
@@ -315,6 +325,9 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         records.set(float(dash.feed.records if dash.feed else 0))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
     async def healthz(request: Request) -> Response:
         ready = dash.feed is None or dash.feed.caught_up.is_set()
         return JSONResponse({"ok": ready}, status_code=200 if ready else 503)
@@ -328,9 +341,12 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         Route("/api/v1/cameras", cameras),
         Route("/api/v1/cameras/{camera_id}/latest", camera_latest),
         Route("/api/v1/cameras/{camera_id}/frame.jpg", camera_frame),
+        Route("/api/v1/frames/{frame_id}.jpg", frame_by_id),
         Route("/api/v1/metrics/{source}/aggregates", aggregates),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
+        Route("/", page),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.dashboard = dash

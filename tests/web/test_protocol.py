@@ -39,8 +39,8 @@ def free_port() -> int:
 class Server:
     """uvicorn serving a dashboard app in a thread of this process."""
 
-    def __init__(self, app: Starlette) -> None:
-        self.port = free_port()
+    def __init__(self, app: Starlette, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.dashboard: Dashboard = app.state.dashboard
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")

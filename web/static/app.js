@@ -1,0 +1,310 @@
+// Kestrel dashboard: one WebSocket (web/PROTOCOL.md), canvas drawing on
+// requestAnimationFrame, reconnect with backoff, and its own frame timing (UX metrics).
+"use strict";
+
+const FIELDS = ["cpu_percent", "memory_percent", "network_bytes_in", "disk_io_write_mb"];
+const BASE_CHANNELS = ["cameras", "alerts", "system", "metrics:system"];
+const BUDGET_MS = 1000 / 60;
+
+const state = {
+  ws: null,
+  subscribed: new Set(),
+  backoffMs: 500,
+  cameras: new Map(),   // id -> {result, image, loading, tile, dirty}
+  charts: new Map(),    // field -> {ones: [], tens: [], five: null, latest, canvas, label, dirty}
+  alerts: new Map(),    // alert_id -> alert
+  alertsDirty: false,
+  ux: { frames: [], dropped: 0, inputLatency: null, pendingInput: null, last: null },
+};
+
+// --- connection --------------------------------------------------------------------------
+function connect() {
+  setConnection("connecting");
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  state.ws = ws;
+  ws.onopen = () => send({ type: "hello", payload: { client: "kestrel-dashboard" } });
+  ws.onmessage = (event) => handle(JSON.parse(event.data));
+  ws.onclose = () => {
+    setConnection("closed");
+    state.subscribed.clear();
+    const wait = state.backoffMs;
+    state.backoffMs = Math.min(state.backoffMs * 2, 10000);
+    setTimeout(connect, wait);
+  };
+}
+
+function send(message) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify({ v: 1, ...message }));
+  }
+}
+
+function subscribe(channels) {
+  const fresh = channels.filter((c) => !state.subscribed.has(c));
+  if (fresh.length === 0) return;
+  fresh.forEach((c) => state.subscribed.add(c));
+  send({ type: "subscribe", payload: { channels: fresh } });
+}
+
+function setConnection(text) {
+  const el = document.getElementById("connection");
+  el.textContent = text;
+  el.dataset.state = text;
+}
+
+// --- messages ----------------------------------------------------------------------------
+function handle(message) {
+  switch (message.type) {
+    case "welcome":
+      setConnection("open");
+      state.backoffMs = 500;
+      // A reconnect resubscribes to everything this page already shows.
+      subscribe([...BASE_CHANNELS, ...[...state.cameras.keys()].map((id) => `camera:${id}`)]);
+      break;
+    case "backfill":
+    case "update":
+      onData(message);
+      break;
+    case "backpressure": {
+      const el = document.getElementById("backpressure");
+      el.textContent = message.payload.state;
+      el.dataset.state = message.payload.state;
+      break;
+    }
+    case "ping":
+      send({ type: "pong", payload: message.payload });
+      break;
+    case "error":
+      console.warn("kestrel:", message.payload.code, message.payload.message);
+      break;
+  }
+}
+
+function onData(message) {
+  const { channel, payload } = message;
+  if (channel === "cameras") {
+    const summaries = message.type === "backfill" ? Object.values(payload) : [payload];
+    summaries.forEach((summary) => camera(summary.camera_id));
+  } else if (channel.startsWith("camera:")) {
+    const result = message.type === "backfill" ? payload.result : payload;
+    if (result) showResult(result);
+  } else if (channel === "alerts") {
+    const alerts = message.type === "backfill" ? [...payload.recent, ...payload.active] : [payload];
+    alerts.forEach((a) => state.alerts.set(a.alert_id, a));
+    state.alertsDirty = true;
+  } else if (channel === "metrics:system") {
+    if (message.type === "backfill") {
+      for (const field of FIELDS) {
+        const chart = chartFor(field);
+        chart.ones = (payload.aggregates["1s"][field] || []).map((a) => [a.window_end_ms, a.mean]);
+        chart.tens = (payload.aggregates["10s"][field] || []).map((a) => [a.window_end_ms, a.mean]);
+        const five = payload.aggregates["5m"][field] || [];
+        chart.five = five.length ? five[five.length - 1].mean : null;
+        chart.dirty = true;
+      }
+    } else if (message.key === "latest") {
+      for (const [field, sample] of Object.entries(payload.latest)) {
+        if (state.charts.has(field)) {
+          state.charts.get(field).latest = sample.value;
+          state.charts.get(field).dirty = true;
+        }
+      }
+    } else if (message.key.startsWith("agg:")) {
+      const [, field, window] = message.key.split(":");
+      const chart = state.charts.get(field);
+      if (!chart || payload.mean === null) return;
+      if (window === "1s") chart.ones.push([payload.window_end_ms, payload.mean]);
+      if (window === "10s") chart.tens.push([payload.window_end_ms, payload.mean]);
+      if (window === "5m") chart.five = payload.mean;
+      const horizon = payload.window_end_ms - 300000;
+      chart.ones = chart.ones.filter(([t]) => t > horizon);
+      chart.tens = chart.tens.filter(([t]) => t > horizon);
+      chart.dirty = true;
+    }
+  }
+}
+
+// --- cameras -----------------------------------------------------------------------------
+function camera(id) {
+  if (state.cameras.has(id)) return state.cameras.get(id);
+  const container = document.getElementById("cameras");
+  container.querySelector(".empty")?.remove();
+  const tile = document.createElement("div");
+  tile.className = "tile";
+  tile.dataset.camera = id;
+  tile.innerHTML = `<canvas width="640" height="480"></canvas>
+    <div class="caption"><b>${id}</b><span class="counts">-</span><span class="latency">-</span></div>`;
+  container.appendChild(tile);
+  const cam = { result: null, image: null, loading: false, tile, dirty: false, drawn: 0 };
+  state.cameras.set(id, cam);
+  subscribe([`camera:${id}`]);
+  return cam;
+}
+
+function showResult(result) {
+  const cam = camera(result.camera_id);
+  if (cam.loading) return; // one frame in flight per camera: the newest wins next time
+  cam.loading = true;
+  const image = new Image();
+  image.onload = () => {
+    cam.image = image;
+    cam.result = result;
+    cam.loading = false;
+    cam.dirty = true;
+  };
+  image.onerror = () => {
+    cam.result = result; // no cached frame: draw the boxes on black
+    cam.loading = false;
+    cam.dirty = true;
+  };
+  image.src = `/api/v1/frames/${encodeURIComponent(result.frame_id)}.jpg`;
+}
+
+const COLORS = ["#5aa9ff", "#4cc38a", "#e8b339", "#ef5b5b", "#b48cff", "#4dd2d2"];
+
+function drawCamera(cam) {
+  const canvas = cam.tile.querySelector("canvas");
+  const ctx = canvas.getContext("2d");
+  const result = cam.result;
+  const meta = result.data.metadata;
+  canvas.width = meta.width;
+  canvas.height = meta.height;
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (cam.image) ctx.drawImage(cam.image, 0, 0, canvas.width, canvas.height);
+  ctx.lineWidth = 3;
+  ctx.font = "bold 18px system-ui";
+  for (const obj of result.data.post_processing_result.tracked_objects) {
+    const [x1, y1, x2, y2] = obj.box;
+    const color = COLORS[obj.track_id % COLORS.length];
+    ctx.strokeStyle = color;
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    const label = `#${obj.track_id} ${obj.label} ${obj.score.toFixed(2)}`;
+    ctx.fillStyle = color;
+    ctx.fillRect(x1, Math.max(0, y1 - 22), ctx.measureText(label).width + 8, 22);
+    ctx.fillStyle = "#000";
+    ctx.fillText(label, x1 + 4, Math.max(16, y1 - 5));
+  }
+  const counts = result.data.post_processing_result.agg_summary.counts;
+  cam.tile.querySelector(".counts").textContent =
+    Object.entries(counts).map(([k, v]) => `${k}: ${v}`).join("  ") || "nothing";
+  cam.tile.querySelector(".latency").textContent = `${(result.data.processing_time * 1000).toFixed(0)} ms`;
+  cam.drawn += 1;
+  cam.tile.dataset.drawn = String(cam.drawn);
+}
+
+// --- charts ------------------------------------------------------------------------------
+function chartFor(field) {
+  if (state.charts.has(field)) return state.charts.get(field);
+  const box = document.createElement("div");
+  box.className = "chart";
+  box.dataset.field = field;
+  box.innerHTML = `<div class="title"><span>${field}</span><b>-</b></div><canvas></canvas>`;
+  document.getElementById("charts").appendChild(box);
+  const chart = { ones: [], tens: [], five: null, latest: null, box, dirty: true, drawn: 0 };
+  state.charts.set(field, chart);
+  return chart;
+}
+
+function drawChart(chart) {
+  const canvas = chart.box.querySelector("canvas");
+  const width = (canvas.width = canvas.clientWidth * devicePixelRatio);
+  const height = (canvas.height = canvas.clientHeight * devicePixelRatio);
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, width, height);
+  const points = [...chart.ones, ...chart.tens];
+  if (points.length) {
+    const tMax = Math.max(...points.map(([t]) => t));
+    const first = Math.min(...points.map(([t]) => t));
+    // At most the 5 minutes held, at least one minute, so a young chart is not a sliver.
+    const tMin = Math.min(tMax - 60000, Math.max(tMax - 300000, first - 1000));
+    const values = points.map(([, v]) => v).concat(chart.five === null ? [] : [chart.five]);
+    let vMin = Math.min(...values), vMax = Math.max(...values);
+    if (vMax - vMin < 1e-9) { vMin -= 1; vMax += 1; }
+    const x = (t) => ((t - tMin) / (tMax - tMin)) * width;
+    const y = (v) => height - 4 - ((v - vMin) / (vMax - vMin)) * (height - 8);
+    if (chart.five !== null) {
+      ctx.fillStyle = "rgba(90,169,255,0.12)";
+      ctx.fillRect(0, y(chart.five) - 3, width, 6);
+    }
+    ctx.strokeStyle = "#e8b339";
+    ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.beginPath();
+    chart.tens.forEach(([t, v], i) => {
+      const left = x(t - 10000);
+      if (i === 0) ctx.moveTo(left, y(v)); else ctx.lineTo(left, y(v));
+      ctx.lineTo(x(t), y(v));
+    });
+    ctx.stroke();
+    ctx.strokeStyle = "#5aa9ff";
+    ctx.beginPath();
+    chart.ones.forEach(([t, v], i) => (i === 0 ? ctx.moveTo(x(t), y(v)) : ctx.lineTo(x(t), y(v))));
+    ctx.stroke();
+  }
+  const latest = chart.latest === null ? "-" : Number(chart.latest).toFixed(1);
+  chart.box.querySelector("b").textContent = latest;
+  chart.drawn += 1;
+  chart.box.dataset.drawn = String(chart.drawn);
+  chart.box.dataset.points = String(chart.ones.length);
+}
+
+// --- alerts ------------------------------------------------------------------------------
+function drawAlerts() {
+  const list = document.getElementById("alerts");
+  const alerts = [...state.alerts.values()].sort((a, b) => b.timestamp - a.timestamp).slice(0, 50);
+  list.replaceChildren(...alerts.map((a) => {
+    const li = document.createElement("li");
+    li.className = `${a.state} ${a.severity}`;
+    const value = a.value === null ? "" : ` = ${Number(a.value).toFixed(2)}`;
+    li.innerHTML = `<div><b></b></div><div class="meta"></div>`;
+    li.querySelector("b").textContent = `${a.rule} on ${a.source}.${a.field}${value}`;
+    li.querySelector(".meta").textContent =
+      `${a.state} · ${a.check} · ${new Date(a.timestamp).toLocaleTimeString()}`;
+    return li;
+  }));
+  if (alerts.length === 0) list.innerHTML = `<li class="empty">no alerts</li>`;
+}
+
+// --- the frame loop and UX metrics --------------------------------------------------------
+function frame(now) {
+  const ux = state.ux;
+  if (ux.last !== null) {
+    const ms = now - ux.last;
+    ux.frames.push(ms);
+    if (ux.frames.length > 60) ux.frames.shift();
+    if (ms > 1.5 * BUDGET_MS) ux.dropped += Math.round(ms / BUDGET_MS) - 1;
+  }
+  ux.last = now;
+  if (ux.pendingInput !== null) {
+    ux.inputLatency = now - ux.pendingInput;
+    ux.pendingInput = null;
+  }
+  const started = performance.now();
+  for (const cam of state.cameras.values()) {
+    if (cam.dirty && cam.result) { drawCamera(cam); cam.dirty = false; }
+    if (performance.now() - started > 0.8 * BUDGET_MS) break; // the rest next frame
+  }
+  for (const chart of state.charts.values()) {
+    if (chart.dirty && performance.now() - started < 0.8 * BUDGET_MS) {
+      drawChart(chart);
+      chart.dirty = false;
+    }
+  }
+  if (state.alertsDirty) { drawAlerts(); state.alertsDirty = false; }
+  if (ux.frames.length) {
+    const mean = ux.frames.reduce((a, b) => a + b, 0) / ux.frames.length;
+    document.getElementById("ux-frame").textContent = mean.toFixed(1);
+    document.getElementById("ux-dropped").textContent = String(ux.dropped);
+  }
+  if (ux.inputLatency !== null) {
+    document.getElementById("ux-input").textContent = ux.inputLatency.toFixed(1);
+  }
+  requestAnimationFrame(frame);
+}
+
+for (const type of ["pointerdown", "keydown"]) {
+  addEventListener(type, (event) => { state.ux.pendingInput = event.timeStamp; });
+}
+FIELDS.forEach(chartFor);
+connect();
+requestAnimationFrame(frame);
