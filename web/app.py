@@ -29,7 +29,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from kestrel.camera.frame_cache import FrameCache
+from kestrel.collectors.publisher import BatchingPublisher
+from kestrel.producer import KestrelProducer
+from kestrel.schemas import SampleColumns
 from kestrel.settings import Settings
+from kestrel.topics import METRICS_UI
 from web.feed import HotCacheFeed
 from web.hub import Client, Hub
 from web.live import LiveCache
@@ -41,6 +45,7 @@ from web.protocol import (
     parse_client,
     server_message,
 )
+from web.ux import UxMerger
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,14 @@ class Dashboard:
         self.cache = LiveCache(self.hub, round(settings.window_grace_s * 1000))
         self.frames = FrameCache()
         self.feed = HotCacheFeed(settings, self.cache, self.frames) if follow_kafka else None
+        self.producer = KestrelProducer(settings) if follow_kafka else None
+        publisher = (
+            BatchingPublisher(self.producer, METRICS_UI.name(settings), "ui")
+            if self.producer is not None
+            else None
+        )
+        self.ux = UxMerger(publisher)
+        self._ux_task: asyncio.Task[None] | None = None
         self.started = time.time()
         self.refused = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -69,8 +82,18 @@ class Dashboard:
         self.loop = asyncio.get_running_loop()  # for callers in other threads (tests)
         if self.feed is not None:
             await self.feed.start()
+        self._ux_task = asyncio.create_task(self._flush_ux(), name="ux-flush")
+
+    async def _flush_ux(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)  # the UX slots' publishing cadence
+            self.ux.flush(int(time.time() * 1000))
 
     async def stop(self) -> None:
+        if self._ux_task is not None:
+            self._ux_task.cancel()
+        if self.producer is not None:
+            self.producer.flush(5)
         for client in list(self.hub.clients.values()):
             await self.hub.disconnect(client)
         if self.feed is not None:
@@ -178,6 +201,12 @@ class Dashboard:
                         "unsubscribed", {"channels": channels}, correlation_id=correlation
                     )
                 )
+            elif message.type == "ux":
+                try:
+                    samples = SampleColumns.model_validate(message.payload)
+                except ValueError as exc:
+                    raise ProtocolError("bad_message", f"ux: {exc}") from None
+                self.ux.add(samples.timestamp, samples.data)
             elif message.type == "hello":
                 raise ProtocolError("already_hello", "hello was already sent")
             # pong: nothing to answer; hearing it reset the heartbeat

@@ -26,7 +26,7 @@ class ClientMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1] = 1
-    type: Literal["hello", "subscribe", "unsubscribe", "ping", "pong"]
+    type: Literal["hello", "subscribe", "unsubscribe", "ping", "pong", "ux"]
     id: str | None = Field(None, max_length=64)
     payload: dict[str, Any] = {}
 

@@ -15,14 +15,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from confluent_kafka import Message
 from playwright.sync_api import Page, sync_playwright
 
 from kestrel.broker import LocalKafka
+from kestrel.schemas import parse_envelope
 from kestrel.settings import Settings, child_environment
-from kestrel.topics import ensure_topics
+from kestrel.topics import METRICS_UI, ensure_topics
 from tests.conftest import settings_for
-from tests.kafka_helpers import REPO, FaustWorker
+from tests.kafka_helpers import REPO, FaustWorker, read_until
 from tests.web.test_protocol import Server
 from web.app import create_app
 
@@ -127,6 +130,17 @@ def test_the_page_shows_live_cameras_and_charts_and_survives_a_restart(
                 f"() => Number(document.querySelector('.tile').dataset.drawn) > {before}",
                 timeout=60_000,
             )
+
+            # The page's own frame timing reached Kafka as the digest's UX stream.
+            def page_timing(msgs: list[Message]) -> bool:
+                return any(
+                    orjson.loads(m.value() or b"{}").get("data", {}).get("frame_time_ms")
+                    for m in msgs
+                )
+
+            ux = read_until(pipeline, METRICS_UI.name(pipeline), page_timing, 30)
+            envelope = parse_envelope(ux[-1].value() or b"")
+            assert envelope.source == "ui" and "frame_time_ms" in envelope.data
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             assert errors == []

@@ -14,7 +14,8 @@ const state = {
   charts: new Map(),    // field -> {ones: [], tens: [], five: null, latest, canvas, label, dirty}
   alerts: new Map(),    // alert_id -> alert
   alertsDirty: false,
-  ux: { frames: [], dropped: 0, inputLatency: null, pendingInput: null, last: null },
+  ux: { frames: [], dropped: 0, inputLatency: null, pendingInput: null, last: null,
+        report: { timestamp: [], data: { frame_time_ms: [], dropped_frames: [], input_latency_ms: [] } } },
 };
 
 // --- connection --------------------------------------------------------------------------
@@ -268,17 +269,24 @@ function drawAlerts() {
 // --- the frame loop and UX metrics --------------------------------------------------------
 function frame(now) {
   const ux = state.ux;
+  let input = null;
+  if (ux.pendingInput !== null) {
+    input = ux.inputLatency = now - ux.pendingInput;
+    ux.pendingInput = null;
+  }
   if (ux.last !== null) {
     const ms = now - ux.last;
     ux.frames.push(ms);
     if (ux.frames.length > 60) ux.frames.shift();
-    if (ms > 1.5 * BUDGET_MS) ux.dropped += Math.round(ms / BUDGET_MS) - 1;
+    const missed = ms > 1.5 * BUDGET_MS ? Math.round(ms / BUDGET_MS) - 1 : 0;
+    ux.dropped += missed;
+    const r = ux.report;  // this frame as a UX sample (digest A), sent in batches
+    r.timestamp.push(Math.round(performance.timeOrigin + now));
+    r.data.frame_time_ms.push(ms);
+    r.data.dropped_frames.push(missed);
+    r.data.input_latency_ms.push(input);
   }
   ux.last = now;
-  if (ux.pendingInput !== null) {
-    ux.inputLatency = now - ux.pendingInput;
-    ux.pendingInput = null;
-  }
   const started = performance.now();
   for (const cam of state.cameras.values()) {
     if (cam.dirty && cam.result) { drawCamera(cam); cam.dirty = false; }
@@ -301,6 +309,13 @@ function frame(now) {
   }
   requestAnimationFrame(frame);
 }
+
+setInterval(() => {  // the page's own timing goes to metrics.ui through the server
+  const r = state.ux.report;
+  const open = state.ws && state.ws.readyState === WebSocket.OPEN;
+  if (open && r.timestamp.length) send({ type: "ux", payload: r });  // offline: dropped
+  state.ux.report = { timestamp: [], data: { frame_time_ms: [], dropped_frames: [], input_latency_ms: [] } };
+}, 250);
 
 for (const type of ["pointerdown", "keydown"]) {
   addEventListener(type, (event) => { state.ux.pendingInput = event.timeStamp; });
