@@ -31,6 +31,7 @@ import faust
 import numpy as np
 import psutil
 
+from agents.deadletter import send_to_dead_letter
 from faust_app import inference as app
 from faust_app import settings
 from kestrel.camera.batching import AdaptiveBatchSize, FrameQueues, Waiting
@@ -38,7 +39,6 @@ from kestrel.camera.frames import FrameHeaders, check_camera_id, parse_headers
 from kestrel.camera.registry import CameraRegistry
 from kestrel.collectors.model import ModelMetrics
 from kestrel.collectors.system import GpuSampler
-from kestrel.deadletter import DeadLetter
 from kestrel.errors import InvalidMessage
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import Detection, FrameDetections
@@ -53,7 +53,7 @@ UNKNOWN_MEMORY_S = 10.0
 
 frames_topic = faust_topic(app, settings, CAMERA_FRAMES)
 detections_topic = faust_topic(app, settings, CAMERA_DETECTIONS)
-deadletter_topic = faust_topic(app, settings, DEADLETTER)
+faust_topic(app, settings, DEADLETTER)  # declared: this worker creates it as catalogued
 
 
 @dataclass
@@ -157,22 +157,8 @@ class InferenceStage:
         self.wakeup.set()
 
     def dead_letter(self, event: faust.EventT[bytes], error: InvalidMessage) -> None:
-        message = event.message
-        letter = DeadLetter(
-            reason=error.reason,
-            error=error.detail,
-            stage=STAGE,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-        )
-        log.warning(
-            "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, error
-        )
         assert self.producer is not None
-        self.producer.send(
-            deadletter_topic.get_topic_name(), message.value, message.key, headers=letter.headers()
-        )
+        send_to_dead_letter(self.producer, event, error, stage=STAGE)
         self.dead_letters[error.reason] = self.dead_letters.get(error.reason, 0) + 1
 
     async def _ack_when_delivered(self, events: list[faust.EventT[bytes]]) -> None:

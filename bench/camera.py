@@ -39,8 +39,7 @@ import orjson
 import psutil
 from confluent_kafka import Consumer, Producer
 
-from bench.telemetry import REPO, PeakRss, free_port, start_process, stop
-from kestrel.broker import BrokerConfig, LocalKafka, fetch_jars
+from bench.telemetry import REPO, PeakRss, start_broker, start_process, stop
 from kestrel.camera.frames import FrameHeaders
 from kestrel.camera.registry import register
 from kestrel.camera.synthetic import SyntheticScene
@@ -217,17 +216,8 @@ def main() -> int:
     )
 
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-camera-"))
-    cfg = BrokerConfig(
-        defaults.kafka_version,
-        free_port(),
-        free_port(),
-        workdir / "kafka",
-        defaults.cache_dir,
-        1024,
-    )
-    fetch_jars(cfg.cache_dir, cfg.version)
-    broker = LocalKafka(cfg)
-    broker.start()
+    broker = start_broker(workdir, defaults)
+    cfg = broker.cfg
     procs = []
     try:
         settings = load_settings(

@@ -59,6 +59,22 @@ def free_port() -> int:
         return port
 
 
+def start_broker(workdir: Path, defaults: Settings) -> LocalKafka:
+    """The project's own broker on free ports, its data under ``workdir``, started."""
+    cfg = BrokerConfig(
+        defaults.kafka_version,
+        free_port(),
+        free_port(),
+        workdir / "kafka",
+        defaults.cache_dir,
+        1024,
+    )
+    fetch_jars(cfg.cache_dir, cfg.version)
+    broker = LocalKafka(cfg)
+    broker.start()
+    return broker
+
+
 def messages(sources: int, first_tick: int, ticks: int, seed: int) -> list[tuple[bytes, bytes]]:
     """``ticks`` batches of every source, in time order as live collectors send.
 
@@ -263,17 +279,8 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-"))
     defaults = load_settings()
-    cfg = BrokerConfig(
-        defaults.kafka_version,
-        free_port(),
-        free_port(),
-        workdir / "kafka",
-        defaults.cache_dir,
-        1024,
-    )
-    fetch_jars(cfg.cache_dir, cfg.version)
-    broker = LocalKafka(cfg)
-    broker.start()
+    broker = start_broker(workdir, defaults)
+    cfg = broker.cfg
     results: dict[str, Any] = {}
     try:
         settings = load_settings(

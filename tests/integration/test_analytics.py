@@ -8,6 +8,7 @@ value, times and evidence are known exactly.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,18 @@ def alerts_until(settings: Settings, n: int, state: str | None = None) -> list[A
     return alerts
 
 
+@pytest.fixture
+def analytics(kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[Settings, FaustWorker]]:
+    """An analytics worker (``faust -A faust_app:analytics worker``) with the test's rules."""
+    settings = analytics_settings(kafka, tmp_path)
+    worker = FaustWorker(settings, tmp_path / "analytics.log", app="faust_app:analytics")
+    worker.start()
+    try:
+        yield settings, worker
+    finally:
+        worker.stop()
+
+
 def wait_for_commit(
     settings: Settings, group: str, topic: str, partition: int, offset: int
 ) -> None:
@@ -88,94 +101,79 @@ def wait_for_commit(
 
 
 def test_rules_raise_and_clear_alerts_with_their_evidence(
-    kafka: LocalKafka, tmp_path: Path
+    analytics: tuple[Settings, FaustWorker],
 ) -> None:
-    settings = analytics_settings(kafka, tmp_path)
-    worker = FaustWorker(settings, tmp_path / "analytics.log", app="faust_app:analytics")
-    try:
-        worker.start()
-        # UI: two slow frames, then 1.1 s of good ones: one alert, then its end.
-        frames = [10.0] * 10 + [25.0, 30.0] + [10.0] * 70
-        send(settings, METRICS_UI.name(settings), ui_frames(T0, frames))
-        # System at 10 Hz: 95 % at T0, stuck at 85 % past the 5 s deadline, then 60 %.
-        cpu = [95.0] + [85.0] * 55 + [60.0] * 5
-        rows = [Row("system", T0 + 100 * i, {"cpu_percent": v}) for i, v in enumerate(cpu)]
-        send(settings, METRICS_SYSTEM.name(settings), rows, per_message=1)
+    settings, _worker = analytics
+    # UI: two slow frames, then 1.1 s of good ones: one alert, then its end.
+    frames = [10.0] * 10 + [25.0, 30.0] + [10.0] * 70
+    send(settings, METRICS_UI.name(settings), ui_frames(T0, frames))
+    # System at 10 Hz: 95 % at T0, stuck at 85 % past the 5 s deadline, then 60 %.
+    cpu = [95.0] + [85.0] * 55 + [60.0] * 5
+    rows = [Row("system", T0 + 100 * i, {"cpu_percent": v}) for i, v in enumerate(cpu)]
+    send(settings, METRICS_SYSTEM.name(settings), rows, per_message=1)
 
-        alerts = {(a.alert_id, a.state): a for a in alerts_until(settings, 4)}
-        assert len(alerts) == 4, sorted(alerts)
+    alerts = {(a.alert_id, a.state): a for a in alerts_until(settings, 4)}
+    assert len(alerts) == 4, sorted(alerts)
 
-        budget = alerts[("frame_budget_breach|ui|frame_time_ms", "active")]
-        assert (budget.value, budget.timestamp, budget.raised_at_ms) == (25.0, T0 + 160, T0 + 160)
-        assert budget.evidence["condition"] == "frame_time_ms <= 16.67"
-        assert budget.kind == "temporal" and budget.severity == "warning"
-        ended = alerts[("frame_budget_breach|ui|frame_time_ms", "cleared")]
-        # The last slow frame is at +176; the first good frame 1 s after it is at +1184.
-        assert (ended.timestamp, ended.violations, ended.value) == (T0 + 1184, 2, 10.0)
-        assert (ended.window.start_ms, ended.window.end_ms) == (T0 + 160, T0 + 1184)
+    budget = alerts[("frame_budget_breach|ui|frame_time_ms", "active")]
+    assert (budget.value, budget.timestamp, budget.raised_at_ms) == (25.0, T0 + 160, T0 + 160)
+    assert budget.evidence["condition"] == "frame_time_ms <= 16.67"
+    assert budget.kind == "temporal" and budget.severity == "warning"
+    ended = alerts[("frame_budget_breach|ui|frame_time_ms", "cleared")]
+    # The last slow frame is at +176; the first good frame 1 s after it is at +1184.
+    assert (ended.timestamp, ended.violations, ended.value) == (T0 + 1184, 2, 10.0)
+    assert (ended.window.start_ms, ended.window.end_ms) == (T0 + 160, T0 + 1184)
 
-        late = alerts[("cpu_recovers|system|cpu_percent", "active")]
-        # Triggered at T0; the first sample past T0 + 5 s is at +5100, still at 85 %.
-        assert (late.timestamp, late.value, late.severity) == (T0 + 5100, 85.0, "critical")
-        assert late.evidence["triggered_at_ms"] == T0
-        assert late.evidence["deadline_ms"] == T0 + 5000
-        assert late.evidence["trigger_value"] == 95.0
-        recovered = alerts[("cpu_recovers|system|cpu_percent", "cleared")]
-        assert (recovered.timestamp, recovered.value) == (T0 + 5600, 60.0)
-    finally:
-        worker.stop()
+    late = alerts[("cpu_recovers|system|cpu_percent", "active")]
+    # Triggered at T0; the first sample past T0 + 5 s is at +5100, still at 85 %.
+    assert (late.timestamp, late.value, late.severity) == (T0 + 5100, 85.0, "critical")
+    assert late.evidence["triggered_at_ms"] == T0
+    assert late.evidence["deadline_ms"] == T0 + 5000
+    assert late.evidence["trigger_value"] == 95.0
+    recovered = alerts[("cpu_recovers|system|cpu_percent", "cleared")]
+    assert (recovered.timestamp, recovered.value) == (T0 + 5600, 60.0)
 
 
 def test_an_alert_raised_before_a_kill_is_cleared_after_the_restart(
-    kafka: LocalKafka, tmp_path: Path
+    analytics: tuple[Settings, FaustWorker],
 ) -> None:
-    settings = analytics_settings(kafka, tmp_path)
-    worker = FaustWorker(settings, tmp_path / "analytics.log", app="faust_app:analytics")
-    try:
-        worker.start()
-        topic = METRICS_UI.name(settings)
-        ((partition, offset),) = produce(
-            settings, topic, [(b"ui", envelope(ui_frames(T0, [10.0, 40.0, 10.0])))]
-        )
-        (raised,) = alerts_until(settings, 1)
-        assert raised.state == "active"
-        # Once the message is committed it is never analysed again: an end of the
-        # alert after the kill can only come from the table the new worker recovered.
-        wait_for_commit(settings, settings.app_id("analytics"), topic, partition, offset)
-        worker.kill()
-        worker.start()
-        send(settings, topic, ui_frames(T0 + 2_000, [10.0] * 3))
-        alerts = alerts_until(settings, 1, state="cleared")
-        assert [a.state for a in alerts] == ["active", "cleared"]
-        cleared = alerts[1:]
-        assert cleared[0].alert_id == "frame_budget_breach|ui|frame_time_ms"
-        assert (cleared[0].raised_at_ms, cleared[0].timestamp) == (T0 + 16, T0 + 2_000)
-    finally:
-        worker.stop()
+    settings, worker = analytics
+    topic = METRICS_UI.name(settings)
+    ((partition, offset),) = produce(
+        settings, topic, [(b"ui", envelope(ui_frames(T0, [10.0, 40.0, 10.0])))]
+    )
+    (raised,) = alerts_until(settings, 1)
+    assert raised.state == "active"
+    # Once the message is committed it is never analysed again: an end of the
+    # alert after the kill can only come from the table the new worker recovered.
+    wait_for_commit(settings, settings.app_id("analytics"), topic, partition, offset)
+    worker.kill()
+    worker.start()
+    send(settings, topic, ui_frames(T0 + 2_000, [10.0] * 3))
+    alerts = alerts_until(settings, 1, state="cleared")
+    assert [a.state for a in alerts] == ["active", "cleared"]
+    cleared = alerts[1:]
+    assert cleared[0].alert_id == "frame_budget_breach|ui|frame_time_ms"
+    assert (cleared[0].raised_at_ms, cleared[0].timestamp) == (T0 + 16, T0 + 2_000)
 
 
-def test_model_messages_get_their_energy_mapping(kafka: LocalKafka, tmp_path: Path) -> None:
-    settings = analytics_settings(kafka, tmp_path)
-    worker = FaustWorker(settings, tmp_path / "analytics.log", app="faust_app:analytics")
-    try:
-        worker.start()
-        data: dict[str, float | None] = {
-            "tokens_per_second": 50.0,
-            "entropy_bits": 7.5,
-            "gpu_utilization": 80.0,
-        }
-        send(settings, METRICS_MODEL.name(settings), [Row("model:llm", T0, data)])
-        (message,) = read_until(
-            settings, METRICS_ENERGY.name(settings), lambda msgs: len(msgs) >= 1, timeout_s=60
-        )
-        record: dict[str, Any] = orjson.loads(message.value() or b"")
-        assert message.key() == b"model:llm"
-        assert record["timestamp"] == T0 and record["data"] == data
-        assert record["energy_visual"] == {
-            "ribbon_width": 0.5,
-            "particle_density": 0.5,
-            "animation_speed": 0.125,
-            "lightning_intensity": 0.8,
-        }
-    finally:
-        worker.stop()
+def test_model_messages_get_their_energy_mapping(analytics: tuple[Settings, FaustWorker]) -> None:
+    settings, _worker = analytics
+    data: dict[str, float | None] = {
+        "tokens_per_second": 50.0,
+        "entropy_bits": 7.5,
+        "gpu_utilization": 80.0,
+    }
+    send(settings, METRICS_MODEL.name(settings), [Row("model:llm", T0, data)])
+    (message,) = read_until(
+        settings, METRICS_ENERGY.name(settings), lambda msgs: len(msgs) >= 1, timeout_s=60
+    )
+    record: dict[str, Any] = orjson.loads(message.value() or b"")
+    assert message.key() == b"model:llm"
+    assert record["timestamp"] == T0 and record["data"] == data
+    assert record["energy_visual"] == {
+        "ribbon_width": 0.5,
+        "particle_density": 0.5,
+        "animation_speed": 0.125,
+        "lightning_intensity": 0.8,
+    }

@@ -7,7 +7,6 @@ into its hot cache directly; tests/integration drives it from a live pipeline.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,16 +23,10 @@ from websockets.exceptions import ConnectionClosed
 
 from kestrel.schemas import Alert
 from kestrel.settings import load_settings
+from tests.conftest import free_port
 from web.app import Dashboard, create_app
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:
