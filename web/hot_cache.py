@@ -143,14 +143,18 @@ class HotCache:
             return []
         return [a for a in series.aggregates if since_ms is None or a.window_end_ms > since_ms]
 
-    def running(self, source: str, field_name: str | None = None) -> list[dict[str, Any]]:
-        """The open windows of a source (one field, or all), with their running value."""
+    def running(
+        self, source: str, field_name: str | None = None, window: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The open windows of a source (one field or all, one window size or all)."""
         windows = self._running.get(source)
         if windows is None:
             return []
         rows = []
         for key, state in sorted(windows.open_windows(source).items(), key=_order):
-            if field_name is None or key.field == field_name:
+            if (field_name is None or key.field == field_name) and (
+                window is None or key.window == window
+            ):
                 rows.append(
                     {
                         "source": key.source,

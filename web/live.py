@@ -45,7 +45,7 @@ class LiveCache(HotCache):
         latest = self.latest.get(source, {})
         return {
             "latest": {k: {"timestamp": t, "value": v} for k, (t, v) in latest.items()},
-            "running": [row for row in self.running(source) if row["window"] == "1s"],
+            "running": self.running(source, window="1s"),
         }
 
     def add_samples(self, envelope: MetricEnvelope) -> None:
