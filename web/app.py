@@ -34,6 +34,7 @@ from kestrel.producer import KestrelProducer
 from kestrel.schemas import SampleColumns
 from kestrel.settings import Settings
 from kestrel.topics import METRICS_UI
+from web.backpressure import MAX_HZ
 from web.feed import HotCacheFeed
 from web.hub import Client, Hub
 from web.live import LiveCache
@@ -121,7 +122,7 @@ class Dashboard:
         welcome = {
             "client_id": client.client_id,
             "heartbeat_s": HEARTBEAT_S,
-            "max_hz": 60,
+            "max_hz": MAX_HZ,  # per (channel, key)
             "channels": ["cameras", "camera:<id>", "metrics:<source>", "alerts", "system"],
         }
         await send(server_message("welcome", welcome))

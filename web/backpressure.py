@@ -1,16 +1,17 @@
-"""Per-client delivery: coalesce to the latest value per key, and the backpressure machine.
+"""Per-client delivery: coalesce to the latest value per key, pace, and backpressure.
 
 Each connected client has a :class:`ClientBuffer`. Updates are *coalesced*: a newer
 value for the same (channel, key) replaces the waiting one, so a client that reads
-slowly gets the latest state, never a backlog. The buffer is bounded in bytes; its
-fill drives the digest's state machine (section A):
+slowly gets the latest state, never a backlog. Each (channel, key) goes out at most
+60 times a second (:class:`KeyPacer`). The buffer is bounded in bytes; its fill
+drives the digest's state machine (section A):
 
 ==========  =====================================  ==================================
 state       entered                                 delivery
 ==========  =====================================  ==================================
 normal      fill < 50 % (from pressure)            everything
 pressure    fill > 80 % (from normal);             non-critical channels at a
-            fill < 90 % (from critical or drop)    quarter of the rate
+            fill < 90 % (from critical or drop)    quarter of the rate (15 Hz a key)
 critical    fill > 95 %                            core only: alerts, cameras, system
 drop        full                                   alerts only; others shed
 ==========  =====================================  ==================================
@@ -24,6 +25,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+MAX_HZ = 60.0
+BURST = 2.0
 
 
 class State(StrEnum):
@@ -50,8 +54,63 @@ def next_state(state: State, fill: float) -> State:
     return State.PRESSURE if fill > 0.80 else State.NORMAL
 
 
+def settle(state: State, fill: float) -> State:
+    """The state the machine rests in at ``fill``: one step may not be enough (a
+    critical buffer that empties at once is below 90 % and below 50 %: normal)."""
+    while (after := next_state(state, fill)) is not state:
+        state = after
+    return state
+
+
 def is_core(channel: str) -> bool:
     return channel.startswith(CORE_CHANNELS)
+
+
+@dataclass
+class KeyPacer:
+    """At most ``hz`` updates a second per (channel, key), ``burst`` at once.
+
+    A token bucket per key: over any ``T`` seconds a key gets at most
+    ``hz * T + burst`` updates. The limit is per key, not per connection: a page
+    subscribed to a 60 Hz source and a 30 Hz camera gets both at their own rate.
+    One 60 Hz budget shared by the connection was tried first: 90 updates a second
+    then queued behind it, and every update arrived a frame late (``make bench-web``:
+    p50 16 ms with one client, against 4 ms now). A fixed gap of ``1 / hz`` per key
+    instead of a bucket loses updates to jitter (55.7 Hz delivered of 60).
+    """
+
+    hz: float = MAX_HZ
+    burst: float = BURST
+    buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    _pruned_at: float = 0.0
+
+    def _tokens(self, key: tuple[str, str], now: float, hz: float) -> float:
+        tokens, at = self.buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * hz)
+
+    def allow(self, key: tuple[str, str], now: float, hz: float) -> bool:
+        """May ``key`` send at ``now`` (at ``hz``)? If so, that spends a token."""
+        tokens = self._tokens(key, now, hz)
+        if tokens < 1:
+            return False
+        self.buckets[key] = (tokens - 1, now)
+        if now - self._pruned_at > 1.0:
+            self._prune(now)
+        return True
+
+    def wait(self, key: tuple[str, str], now: float, hz: float) -> float:
+        """Seconds until ``key`` may send."""
+        return max(0.0, (1 - self._tokens(key, now, hz)) / hz)
+
+    def _prune(self, now: float) -> None:
+        """Forget the buckets that are full again (a key without one is full)."""
+        slowest = self.hz / 4
+        self.buckets = {
+            key: (tokens, at)
+            for key, (tokens, at) in self.buckets.items()
+            if tokens + (now - at) * slowest < self.burst
+        }
+        self._pruned_at = now
 
 
 @dataclass
@@ -66,6 +125,7 @@ class ClientBuffer:
     """What one client has yet to receive, coalesced and bounded by ``capacity`` bytes."""
 
     capacity: int
+    pacer: KeyPacer = field(default_factory=KeyPacer)
     state: State = State.NORMAL
     size: int = 0
     items: OrderedDict[tuple[str, str], Pending] = field(default_factory=OrderedDict)
@@ -94,7 +154,7 @@ class ClientBuffer:
                 return self._shed(channel)
         self.items[(channel, key)] = Pending(channel, key, payload)
         self.size += len(payload)
-        self.state = next_state(self.state, self.fill)
+        self.state = settle(self.state, self.fill)
         return True
 
     def _evict_for(self, needed: int) -> None:
@@ -110,21 +170,30 @@ class ClientBuffer:
         self.shed[channel] = self.shed.get(channel, 0) + 1
         return False
 
-    def take(self, max_bytes: int, tick: int = 0) -> list[Pending]:
-        """Updates to send now, oldest first, up to ``max_bytes`` (at least one).
+    def take(self, max_bytes: int, now: float) -> tuple[list[Pending], float | None]:
+        """Updates to send at ``now``, oldest first, up to ``max_bytes`` (at least one).
 
-        Under pressure, non-critical channels go out on every fourth tick only.
+        Each key goes out at its pacer's rate; under pressure, keys of non-critical
+        channels at a quarter of it. Also returns the seconds until what stays may go
+        (``None`` if nothing stays).
         """
         out: list[Pending] = []
         budget = max_bytes
+        retry: float | None = None
         for item_key, item in list(self.items.items()):
-            if self.state is State.PRESSURE and not is_core(item.channel) and tick % 4:
-                continue
+            hz = self.pacer.hz
+            if self.state is State.PRESSURE and not is_core(item.channel):
+                hz /= 4
             if out and len(item.payload) > budget:
+                retry = 0.0
                 break
+            if not self.pacer.allow(item_key, now, hz):
+                wait = self.pacer.wait(item_key, now, hz)
+                retry = wait if retry is None else min(retry, wait)
+                continue
             del self.items[item_key]
             self.size -= len(item.payload)
             budget -= len(item.payload)
             out.append(item)
-        self.state = next_state(self.state, self.fill)
-        return out
+        self.state = settle(self.state, self.fill)
+        return out, retry

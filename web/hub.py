@@ -2,10 +2,12 @@
 
 The Kafka feed publishes every update once (:meth:`Hub.publish`); the hub offers it
 to the buffer of each subscribed client (:class:`web.backpressure.ClientBuffer`).
-Each client has its own sender task that wakes at most 60 times a second, takes
-what its buffer holds and writes it; a slow client's socket blocks only its own
-task, never the feed or the other clients. Buffers are bounded in bytes so that all
-of them together stay under ``total_buffer_bytes`` (the digest: 50 MB).
+Each client has its own sender task that wakes when its buffer has something,
+writes what may go now (each key at most 60 times a second) and sleeps until the
+rest may; a slow client's socket blocks only its own task, never the feed or the
+other clients. Buffers are bounded
+in bytes so that all of them together stay under ``total_buffer_bytes`` (the
+digest: 50 MB).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from web.protocol import server_message
 
 log = logging.getLogger(__name__)
 
-MAX_HZ = 60
 SEND_BYTES_PER_TICK = 256 * 1024
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -87,13 +88,12 @@ class Hub:
                 client.wakeup.set()
 
     async def _deliver(self, client: Client) -> None:
-        """At most MAX_HZ writes a second of what the client's buffer holds."""
-        period = 1 / MAX_HZ
-        for tick in itertools.count():
+        """Writes what the client's buffer holds, each key at its pacer's rate."""
+        while True:
             await client.wakeup.wait()
             client.wakeup.clear()
-            started = time.monotonic()
-            for item in client.buffer.take(SEND_BYTES_PER_TICK, tick):
+            ready, retry_in = client.buffer.take(SEND_BYTES_PER_TICK, time.monotonic())
+            for item in ready:
                 seq = client.next_seq(item.channel)
                 await client.send(_update(item.channel, seq, item.key, item.payload))
                 client.delivered += 1
@@ -105,9 +105,9 @@ class Hub:
                     "shed": dict(client.buffer.shed),
                 }
                 await client.send(server_message("backpressure", state))
-            if client.buffer.items:
-                client.wakeup.set()  # more to send: next tick
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+            if retry_in is not None:  # some keys wait for their pace
+                await asyncio.sleep(retry_in)
+                client.wakeup.set()
 
     def stats(self) -> dict[str, object]:
         return {

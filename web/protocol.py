@@ -3,8 +3,7 @@
 Every message is one JSON object with ``v`` (the protocol version), ``type`` and
 ``payload``; a client may add an ``id``, which the server echoes as
 ``correlation_id`` in its answer. Server updates carry their ``channel`` and a
-per-channel ``seq`` (1, 2, ... per connection), so a client sees a gap when the
-server shed updates for it.
+per-channel ``seq`` (1, 2, ... per connection: the updates sent, without gaps).
 """
 
 from __future__ import annotations
