@@ -6,21 +6,30 @@ import logging
 import sys
 
 import uvicorn
+from starlette.applications import Starlette
 
-from kestrel.settings import get_settings
+from kestrel.settings import Settings, get_settings
 from web.app import create_app
+
+
+def server_config(
+    app: Starlette, settings: Settings, port: int | None = None, log_level: str = "info"
+) -> uvicorn.Config:
+    """How ``kestrel-web`` serves ``app`` (the tests serve it the same way)."""
+    return uvicorn.Config(
+        app,
+        host=settings.web_host,
+        port=settings.web_port if port is None else port,
+        log_level=log_level,
+        ws_max_size=64 * 1024,  # clients send small messages; a bigger one is refused
+        ws_per_message_deflate=settings.web_compression,
+    )
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.web_host,
-        port=settings.web_port,
-        log_level="info",
-        ws_max_size=64 * 1024,  # clients send small messages; a bigger one is refused
-    )
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
     return 0
 
 

@@ -7,6 +7,8 @@ into its hot cache directly; tests/integration drives it from a live pipeline.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +26,9 @@ from websockets.exceptions import ConnectionClosed
 from kestrel.schemas import Alert
 from kestrel.settings import load_settings
 from tests.conftest import free_port
+from web.__main__ import server_config
 from web.app import Dashboard, create_app
+from web.backpressure import State
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -35,9 +39,8 @@ class Server:
     def __init__(self, app: Starlette, port: int | None = None) -> None:
         self.port = port or free_port()
         self.dashboard: Dashboard = app.state.dashboard
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
+        config = server_config(app, self.dashboard.settings, self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -200,6 +203,53 @@ async def test_a_flooding_client_is_limited_then_closed_and_others_are_served(
     async with httpx.AsyncClient() as http:
         status = (await http.get(f"http://127.0.0.1:{server.port}/api/v1/status/websocket")).json()
     assert status["refused_messages"] > 200 and status["clients"] == 0
+
+
+async def subscribe(ws: ClientConnection, channel: str) -> None:
+    await ws.send(orjson.dumps({"type": "subscribe", "payload": {"channels": [channel]}}).decode())
+    assert (await receive(ws))["type"] == "subscribed"
+    assert (await receive(ws))["type"] == "backfill"
+
+
+async def test_a_client_that_stops_reading_is_shed_within_its_bound_and_told_so(
+    server: Server,
+) -> None:
+    hub = server.dashboard.hub
+    stalled_sock = socket.socket()
+    stalled_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled_sock.connect(("127.0.0.1", server.port))
+    payload = {"blob": os.urandom(1_000).hex()}  # 2 KB that compression cannot shrink
+    chunks, per_chunk = 40, 100  # 8 MB in all: more than any socket buffer holds
+    async with (
+        connect(server.ws_url) as reader,
+        connect(server.ws_url, sock=stalled_sock, max_queue=1) as stalled,
+    ):
+        for ws in (reader, stalled):
+            await hello(ws)
+            await subscribe(ws, "metrics:flood")
+
+        def publish(chunk: int) -> None:
+            for i in range(per_chunk):
+                hub.publish("metrics:flood", f"agg:{chunk}:{i}", payload)
+
+        got = 0
+        for chunk in range(chunks):
+            server.call(publish, chunk)
+            while got < (chunk + 1) * per_chunk:  # the reader keeps up, chunk by chunk
+                if (await receive(reader))["type"] == "update":
+                    got += 1
+        behind, ahead = sorted(hub.clients.values(), key=lambda c: c.delivered)
+        assert ahead.delivered == chunks * per_chunk and not ahead.buffer.shed
+        assert behind.buffer.state is not State.NORMAL and behind.buffer.shed
+        assert behind.buffer.size <= hub.per_client_bytes  # 8 MB offered, this much held
+        # The stalled client reads again: it is told its state and what was shed.
+        told: list[dict[str, Any]] = []
+        while not told or told[-1]["state"] != "normal":
+            message = await receive(stalled)
+            if message["type"] == "backpressure":
+                told.append(message["payload"])
+        assert told[0]["state"] in ("pressure", "critical", "drop")
+        assert told[-1]["shed"]["metrics:flood"] > 0
 
 
 async def test_rest_health_and_prometheus(server: Server) -> None:
