@@ -12,7 +12,7 @@ MODEL  := .kestrel/cache/models/ssdlite_person.onnx
 CONVERT_VENV := .venv-convert
 
 .PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
-        bench-telemetry bench-camera model chromium
+        bench-telemetry bench-camera bench-web model chromium
 
 setup: $(STAMP) $(MODEL) chromium
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
@@ -79,6 +79,9 @@ bench-telemetry: setup $(QUIX_VENV)/.installed
 
 bench-camera: setup
 	$(BIN)/python -m bench.camera $(BENCH_ARGS)
+
+bench-web: setup
+	$(BIN)/python -m bench.web $(BENCH_ARGS)
 
 broker: setup
 	$(BIN)/kestrel-broker run

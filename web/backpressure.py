@@ -75,8 +75,8 @@ class KeyPacer:
     subscribed to a 60 Hz source and a 30 Hz camera gets both at their own rate.
     One 60 Hz budget shared by the connection was tried first: 90 updates a second
     then queued behind it, and every update arrived a frame late (``make bench-web``:
-    p50 16 ms with one client, against 4 ms now). A fixed gap of ``1 / hz`` per key
-    instead of a bucket loses updates to jitter (55.7 Hz delivered of 60).
+    p50 16 ms with one client; 4-7 ms per key). A fixed gap of ``1 / hz`` after each
+    send, the first design, lost updates to jitter (55.7 Hz delivered of 60).
     """
 
     hz: float = MAX_HZ
