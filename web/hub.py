@@ -3,11 +3,10 @@
 The Kafka feed publishes every update once (:meth:`Hub.publish`); the hub offers it
 to the buffer of each subscribed client (:class:`web.backpressure.ClientBuffer`).
 Each client has its own sender task that wakes when its buffer has something,
-writes what may go now (each key at most 60 times a second) and sleeps until the
-rest may; a slow client's socket blocks only its own task, never the feed or the
-other clients. Buffers are bounded
-in bytes so that all of them together stay under ``total_buffer_bytes`` (the
-digest: 50 MB).
+writes what may go now (each key at most 60 times a second) and waits for the rest
+or for news; a slow client's socket blocks only its own task, never the feed or the
+other clients. Buffers are bounded in bytes so that all of them together stay under
+``total_buffer_bytes`` (the digest: 50 MB).
 """
 
 from __future__ import annotations
@@ -89,8 +88,14 @@ class Hub:
 
     async def _deliver(self, client: Client) -> None:
         """Writes what the client's buffer holds, each key at its pacer's rate."""
+        retry_in: float | None = None
         while True:
-            await client.wakeup.wait()
+            if retry_in is None:
+                await client.wakeup.wait()
+            else:  # until news, or until a held key may go: it never delays another
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(retry_in):
+                        await client.wakeup.wait()
             client.wakeup.clear()
             ready, retry_in = client.buffer.take(SEND_BYTES_PER_TICK, time.monotonic())
             for item in ready:
@@ -105,9 +110,6 @@ class Hub:
                     "shed": dict(client.buffer.shed),
                 }
                 await client.send(server_message("backpressure", state))
-            if retry_in is not None:  # some keys wait for their pace
-                await asyncio.sleep(retry_in)
-                client.wakeup.set()
 
     def stats(self) -> dict[str, object]:
         return {
