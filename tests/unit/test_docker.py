@@ -39,6 +39,7 @@ def test_there_are_project_services() -> None:
         "cameras",
         "topics",
         "collector-system",
+        "dashboard",
     } <= set(OURS)
 
 
