@@ -3,8 +3,9 @@
 Runs what a user runs: stream and inference workers, a synthetic camera and the
 system collector as processes, the dashboard server (uvicorn) in this process, and
 Debian's Chromium driven by Playwright. The page must show the camera tile drawing
-frames with boxes and the system charts filling, keep going across a server restart
-(it reconnects and resubscribes), and leave a screenshot in tests/artifacts/.
+frames with boxes and the system and model charts filling, keep going across a
+server restart (it reconnects and resubscribes), and leave a screenshot in
+tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ def test_the_page_shows_live_cameras_and_charts_and_survives_a_restart(
             page.wait_for_function(
                 "() => Number(document.querySelector('[data-field=cpu_percent]')"
                 ".dataset.points || 0) >= 2",
+                timeout=60_000,
+            )
+            # The inference worker's model metrics get charts of their own.
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.chart[data-source^=\"model:\"]')]"
+                ".some((c) => Number(c.dataset.points || 0) >= 2)",
                 timeout=60_000,
             )
             assert page.inner_text("#ux-frame") != "-"  # it measures its own frames

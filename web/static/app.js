@@ -2,7 +2,11 @@
 // requestAnimationFrame, reconnect with backoff, and its own frame timing (UX metrics).
 "use strict";
 
-const FIELDS = ["cpu_percent", "memory_percent", "network_bytes_in", "disk_io_write_mb"];
+const SYSTEM_FIELDS = ["cpu_percent", "memory_percent", "network_bytes_in", "disk_io_write_mb"];
+// A model's charts: the first four of these it reports (inference workers, LLM servers).
+const MODEL_FIELDS = ["fps", "latency_ms", "queue_wait_ms", "batch_size", "tokens_per_second",
+                      "ttft_ms", "gpu_utilization", "vram_used_mb", "cache_hit_rate"];
+const MAX_MODELS = 4;
 const BASE_CHANNELS = ["cameras", "alerts", "system", "metrics:system"];
 const BUDGET_MS = 1000 / 60;
 
@@ -11,7 +15,8 @@ const state = {
   subscribed: new Set(),
   backoffMs: 500,
   cameras: new Map(),   // id -> {result, image, loading, tile, dirty}
-  charts: new Map(),    // field -> {ones: [], tens: [], five: null, latest, canvas, label, dirty}
+  charts: new Map(),    // "source|field" -> {ones: [], tens: [], five: null, latest, box, dirty}
+  models: new Set(),    // model sources shown (metrics:<source> subscribed)
   alerts: new Map(),    // alert_id -> alert
   alertsDirty: false,
   ux: { frames: [], dropped: 0, inputLatency: null, pendingInput: null, last: null,
@@ -60,7 +65,11 @@ function handle(message) {
       setConnection("open");
       state.backoffMs = 500;
       // A reconnect resubscribes to everything this page already shows.
-      subscribe([...BASE_CHANNELS, ...[...state.cameras.keys()].map((id) => `camera:${id}`)]);
+      subscribe([
+        ...BASE_CHANNELS,
+        ...[...state.cameras.keys()].map((id) => `camera:${id}`),
+        ...[...state.models].map((source) => `metrics:${source}`),
+      ]);
       break;
     case "backfill":
     case "update":
@@ -93,35 +102,52 @@ function onData(message) {
     const alerts = message.type === "backfill" ? [...payload.recent, ...payload.active] : [payload];
     alerts.forEach((a) => state.alerts.set(a.alert_id, a));
     state.alertsDirty = true;
-  } else if (channel === "metrics:system") {
-    if (message.type === "backfill") {
-      for (const field of FIELDS) {
-        const chart = chartFor(field);
-        chart.ones = (payload.aggregates["1s"][field] || []).map((a) => [a.window_end_ms, a.mean]);
-        chart.tens = (payload.aggregates["10s"][field] || []).map((a) => [a.window_end_ms, a.mean]);
-        const five = payload.aggregates["5m"][field] || [];
-        chart.five = five.length ? five[five.length - 1].mean : null;
-        chart.dirty = true;
-      }
-    } else if (message.key === "latest") {
-      for (const [field, sample] of Object.entries(payload.latest)) {
-        if (state.charts.has(field)) {
-          state.charts.get(field).latest = sample.value;
-          state.charts.get(field).dirty = true;
-        }
-      }
-    } else if (message.key.startsWith("agg:")) {
-      const [, field, window] = message.key.split(":");
-      const chart = state.charts.get(field);
-      if (!chart || payload.mean === null) return;
-      if (window === "1s") chart.ones.push([payload.window_end_ms, payload.mean]);
-      if (window === "10s") chart.tens.push([payload.window_end_ms, payload.mean]);
-      if (window === "5m") chart.five = payload.mean;
-      const horizon = payload.window_end_ms - 300000;
-      chart.ones = chart.ones.filter(([t]) => t > horizon);
-      chart.tens = chart.tens.filter(([t]) => t > horizon);
+  } else if (channel.startsWith("metrics:")) {
+    onMetrics(channel.slice("metrics:".length), message);
+  } else if (channel === "system") {
+    showModels(payload.sources || []);
+  }
+}
+
+function onMetrics(source, message) {
+  const { payload } = message;
+  if (message.type === "backfill" || message.key === "latest") chartsOf(source, payload.latest);
+  if (message.type === "backfill") {
+    for (const chart of state.charts.values()) {
+      if (chart.source !== source) continue;
+      const field = chart.field;
+      chart.ones = (payload.aggregates["1s"][field] || []).map((a) => [a.window_end_ms, a.mean]);
+      chart.tens = (payload.aggregates["10s"][field] || []).map((a) => [a.window_end_ms, a.mean]);
+      const five = payload.aggregates["5m"][field] || [];
+      chart.five = five.length ? five[five.length - 1].mean : null;
       chart.dirty = true;
     }
+  }
+  if (message.type === "backfill" || message.key === "latest") {
+    for (const [field, sample] of Object.entries(payload.latest)) {
+      const chart = state.charts.get(`${source}|${field}`);
+      if (chart) { chart.latest = sample.value; chart.dirty = true; }
+    }
+  } else if (message.key.startsWith("agg:")) {
+    const [, field, window] = message.key.split(":");
+    const chart = state.charts.get(`${source}|${field}`);
+    if (!chart || payload.mean === null) return;
+    if (window === "1s") chart.ones.push([payload.window_end_ms, payload.mean]);
+    if (window === "10s") chart.tens.push([payload.window_end_ms, payload.mean]);
+    if (window === "5m") chart.five = payload.mean;
+    const horizon = payload.window_end_ms - 300000;
+    chart.ones = chart.ones.filter(([t]) => t > horizon);
+    chart.tens = chart.tens.filter(([t]) => t > horizon);
+    chart.dirty = true;
+  }
+}
+
+// Model sources come from the server's status (the "system" channel and a poll).
+function showModels(sources) {
+  const fresh = sources.filter((s) => s.startsWith("model:") && !state.models.has(s));
+  for (const source of fresh.slice(0, MAX_MODELS - state.models.size)) {
+    state.models.add(source);
+    subscribe([`metrics:${source}`]);
   }
 }
 
@@ -195,15 +221,41 @@ function drawCamera(cam) {
 }
 
 // --- charts ------------------------------------------------------------------------------
-function chartFor(field) {
-  if (state.charts.has(field)) return state.charts.get(field);
+// The charts of a source, made once it reports: the system's fixed four, a model's first
+// four of MODEL_FIELDS.
+function chartsOf(source, latest) {
+  if ([...state.charts.values()].some((c) => c.source === source)) return;
+  const reported = Object.keys(latest || {});
+  const fields = source === "system"
+    ? SYSTEM_FIELDS : MODEL_FIELDS.filter((f) => reported.includes(f)).slice(0, 4);
+  fields.forEach((field) => chartFor(source, field));
+}
+
+function groupFor(source) {
+  const id = `charts-${source.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  let grid = document.getElementById(id);
+  if (grid) return grid;
+  const title = document.createElement("h2");
+  title.textContent = source.startsWith("model:") ? `Model ${source.slice(6)}` : source;
+  grid = document.createElement("div");
+  grid.className = "charts";
+  grid.id = id;
+  document.getElementById("metrics-section").append(title, grid);
+  return grid;
+}
+
+function chartFor(source, field) {
+  const key = `${source}|${field}`;
+  if (state.charts.has(key)) return state.charts.get(key);
   const box = document.createElement("div");
   box.className = "chart";
+  box.dataset.source = source;
   box.dataset.field = field;
   box.innerHTML = `<div class="title"><span>${field}</span><b>-</b></div><canvas></canvas>`;
-  document.getElementById("charts").appendChild(box);
-  const chart = { ones: [], tens: [], five: null, latest: null, box, dirty: true, drawn: 0 };
-  state.charts.set(field, chart);
+  (source === "system" ? document.getElementById("charts") : groupFor(source)).appendChild(box);
+  const chart = { source, field, ones: [], tens: [], five: null, latest: null, box,
+                  dirty: true, drawn: 0 };
+  state.charts.set(key, chart);
   return chart;
 }
 
@@ -326,6 +378,14 @@ setInterval(() => {  // the page's own timing goes to metrics.ui through the ser
 for (const type of ["pointerdown", "keydown"]) {
   addEventListener(type, (event) => { state.ux.pendingInput = event.timeStamp; });
 }
-FIELDS.forEach(chartFor);
+SYSTEM_FIELDS.forEach((field) => chartFor("system", field));
+setInterval(async () => {  // models that start reporting after the page opened
+  try {
+    const status = await (await fetch("/api/v1/status/streaming")).json();
+    showModels(status.sources || []);
+  } catch {
+    // the server is away: the WebSocket's reconnect handles it
+  }
+}, 5000);
 connect();
 requestAnimationFrame(frame);
