@@ -74,7 +74,8 @@ class Dashboard:
             else None
         )
         self.ux = UxMerger(publisher)
-        self._ux_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.process = psutil.Process()
         self.started = time.time()
         self.refused = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -83,16 +84,26 @@ class Dashboard:
         self.loop = asyncio.get_running_loop()  # for callers in other threads (tests)
         if self.feed is not None:
             await self.feed.start()
-        self._ux_task = asyncio.create_task(self._flush_ux(), name="ux-flush")
+        self._tasks = [
+            asyncio.create_task(self._flush_ux(), name="ux-flush"),
+            asyncio.create_task(self._publish_system(), name="system-status"),
+        ]
 
     async def _flush_ux(self) -> None:
         while True:
             await asyncio.sleep(0.1)  # the UX slots' publishing cadence
             self.ux.flush(int(time.time() * 1000))
 
+    async def _publish_system(self) -> None:
+        """The ``system`` channel: the server's status, each second, to who wants it."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.hub.wants("system"):
+                self.hub.publish("system", "status", self.status_streaming())
+
     async def stop(self) -> None:
-        if self._ux_task is not None:
-            self._ux_task.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self.producer is not None:
             self.producer.flush(5)
         for client in list(self.hub.clients.values()):
@@ -271,6 +282,11 @@ class Dashboard:
                 "caught_up": feed.caught_up.is_set() if feed else False,
             },
             "frames_cached": len(self.frames),
+            "websocket": self.hub.stats(),
+            "server": {
+                "cpu_percent": self.process.cpu_percent(None),
+                "rss_mb": self.process.memory_info().rss / 2**20,
+            },
         }
 
 

@@ -138,6 +138,16 @@ async def test_hello_subscribe_backfill_then_live_updates_with_sequence_numbers(
         assert update["payload"]["state"] == "cleared"
 
 
+async def test_the_system_channel_sends_the_server_s_status_each_second(server: Server) -> None:
+    async with connect(server.ws_url) as ws:
+        await hello(ws)
+        await subscribe(ws, "system")
+        update = await receive(ws)  # within the second (receive waits up to 10 s)
+        assert (update["type"], update["channel"], update["key"]) == ("update", "system", "status")
+        assert update["payload"]["websocket"]["clients"] == 1
+        assert update["payload"]["server"]["rss_mb"] > 0
+
+
 async def test_bad_frames_get_clear_errors_and_the_connection_goes_on(server: Server) -> None:
     async with connect(server.ws_url) as ws:
         await hello(ws)

@@ -142,7 +142,7 @@ function onMetrics(source, message) {
   }
 }
 
-// Model sources come from the server's status (the "system" channel and a poll).
+// Model sources come from the server's status (the "system" channel, each second).
 function showModels(sources) {
   const fresh = sources.filter((s) => s.startsWith("model:") && !state.models.has(s));
   for (const source of fresh.slice(0, MAX_MODELS - state.models.size)) {
@@ -379,13 +379,5 @@ for (const type of ["pointerdown", "keydown"]) {
   addEventListener(type, (event) => { state.ux.pendingInput = event.timeStamp; });
 }
 SYSTEM_FIELDS.forEach((field) => chartFor("system", field));
-setInterval(async () => {  // models that start reporting after the page opened
-  try {
-    const status = await (await fetch("/api/v1/status/streaming")).json();
-    showModels(status.sources || []);
-  } catch {
-    // the server is away: the WebSocket's reconnect handles it
-  }
-}, 5000);
 connect();
 requestAnimationFrame(frame);
