@@ -9,18 +9,7 @@ clear them.
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-import faust
-
 from faust_app import analytics, settings
+from tables import json_table
 
-active_alerts = cast(
-    faust.Table[str, dict[str, Any]],
-    analytics.Table(
-        "active-alerts",
-        default=None,
-        partitions=settings.topic_partitions,
-        key_type=str,  # values: the app's default serializer, JSON
-    ),
-)
+active_alerts = json_table(analytics, "active-alerts", settings.topic_partitions)

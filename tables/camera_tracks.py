@@ -8,18 +8,7 @@ were, and skips detections it already applied.
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-import faust
-
 from faust_app import app, settings
+from tables import json_table
 
-camera_tracks = cast(
-    faust.Table[str, dict[str, Any]],
-    app.Table(
-        "camera-tracks",
-        default=None,
-        partitions=settings.topic_partitions,
-        key_type=str,  # values: the app's default serializer, JSON
-    ),
-)
+camera_tracks = json_table(app, "camera-tracks", settings.topic_partitions)
