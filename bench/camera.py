@@ -39,14 +39,14 @@ import orjson
 import psutil
 from confluent_kafka import Consumer, Producer
 
-from bench.telemetry import REPO, PeakRss, start_broker, start_process, stop
+from bench.telemetry import REPO, PeakRss, broker_settings, start_broker, start_process, stop
 from kestrel.camera.frames import FrameHeaders
 from kestrel.camera.registry import register
 from kestrel.camera.synthetic import SyntheticScene
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import CameraConfig
 from kestrel.settings import Settings, child_environment, load_settings
-from kestrel.topics import CAMERA_FRAMES, CAMERA_RESULTS, ensure_topics
+from kestrel.topics import CAMERA_FRAMES, CAMERA_RESULTS
 from models import load_detector
 
 RESULTS = REPO / "bench" / "results"
@@ -217,16 +217,9 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-camera-"))
     broker = start_broker(workdir, defaults)
-    cfg = broker.cfg
     procs = []
     try:
-        settings = load_settings(
-            broker_url=f"kafka://{cfg.bootstrap_servers}",
-            namespace=f"benchcam{uuid.uuid4().hex[:6]}",
-            data_dir=workdir,
-            max_batch=args.batch,
-        )
-        ensure_topics(settings)
+        settings = broker_settings(broker, workdir, "benchcam", max_batch=args.batch)
         producer = KestrelProducer(settings)
         for camera in range(args.cameras):
             register(

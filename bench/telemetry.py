@@ -75,6 +75,18 @@ def start_broker(workdir: Path, defaults: Settings) -> LocalKafka:
     return broker
 
 
+def broker_settings(broker: LocalKafka, workdir: Path, prefix: str, **overrides: Any) -> Settings:
+    """Settings on ``broker`` in a fresh namespace, data under ``workdir``; topics made."""
+    settings = load_settings(
+        broker_url=f"kafka://{broker.cfg.bootstrap_servers}",
+        namespace=f"{prefix}{uuid.uuid4().hex[:6]}",
+        data_dir=workdir,
+        **overrides,
+    )
+    ensure_topics(settings)
+    return settings
+
+
 def messages(sources: int, first_tick: int, ticks: int, seed: int) -> list[tuple[bytes, bytes]]:
     """``ticks`` batches of every source, in time order as live collectors send.
 
@@ -280,18 +292,16 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-"))
     defaults = load_settings()
     broker = start_broker(workdir, defaults)
-    cfg = broker.cfg
     results: dict[str, Any] = {}
     try:
-        settings = load_settings(
-            broker_url=f"kafka://{cfg.bootstrap_servers}",
-            namespace=f"bench{uuid.uuid4().hex[:6]}",
-            data_dir=workdir,
+        settings = broker_settings(
+            broker,
+            workdir,
+            "bench",
             topic_partitions=args.partitions,
             commit_interval_s=0.5,
             stats_path=workdir / "kestrel-stats.json",
         )
-        ensure_topics(settings)
         ticks = args.seconds * 60 // ROWS
         print(f"generating {args.sources} sources x {ticks} batches ...", flush=True)
         batch = messages(args.sources, 0, ticks, seed=1)

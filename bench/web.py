@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import orjson
 import psutil
 from confluent_kafka import Producer
 
-from bench.telemetry import REPO, free_port, start_broker, start_process, stop
+from bench.telemetry import REPO, broker_settings, free_port, start_broker, start_process, stop
 from bench.workload import FIELDS
 from kestrel.collectors.publisher import batch_envelope
 from kestrel.schemas.camera import (
@@ -56,7 +55,7 @@ from kestrel.schemas.camera import (
     TrackedObject,
 )
 from kestrel.settings import Settings, child_environment, load_settings
-from kestrel.topics import CAMERA_RESULTS, METRICS_MODEL, ensure_topics
+from kestrel.topics import CAMERA_RESULTS, METRICS_MODEL
 
 RESULTS = REPO / "bench" / "results"
 SOURCE = "model:bench"
@@ -275,13 +274,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-web-"))
     broker = start_broker(workdir, defaults)
     port = free_port()
-    settings = load_settings(
-        broker_url=f"kafka://{broker.cfg.bootstrap_servers}",
-        namespace=f"benchweb{uuid.uuid4().hex[:6]}",
-        data_dir=workdir,
-        web_port=port,
-    )
-    ensure_topics(settings)
+    settings = broker_settings(broker, workdir, "benchweb", web_port=port)
     env = child_environment(settings, PYTHONUNBUFFERED="1")
     server = start_process([sys.executable, "-m", "web"], env, workdir / "web.log")
     load = LoadProducer(settings, args.hz, args.camera_fps)
