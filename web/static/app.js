@@ -17,6 +17,7 @@ const state = {
   cameras: new Map(),   // id -> {result, image, loading, tile, dirty}
   charts: new Map(),    // "source|field" -> {ones: [], tens: [], five: null, latest, box, dirty}
   models: new Set(),    // model sources shown (metrics:<source> subscribed)
+  charted: new Set(),   // sources whose charts exist
   alerts: new Map(),    // alert_id -> alert
   alertsDirty: false,
   ux: { frames: [], dropped: 0, inputLatency: null, pendingInput: null, last: null,
@@ -224,7 +225,7 @@ function drawCamera(cam) {
 // The charts of a source, made once it reports: the system's fixed four, a model's first
 // four of MODEL_FIELDS.
 function chartsOf(source, latest) {
-  if ([...state.charts.values()].some((c) => c.source === source)) return;
+  if (state.charted.has(source)) return;  // on every update: a set, not a scan
   const reported = Object.keys(latest || {});
   const fields = source === "system"
     ? SYSTEM_FIELDS : MODEL_FIELDS.filter((f) => reported.includes(f)).slice(0, 4);
@@ -253,6 +254,7 @@ function chartFor(source, field) {
   box.dataset.field = field;
   box.innerHTML = `<div class="title"><span>${field}</span><b>-</b></div><canvas></canvas>`;
   (source === "system" ? document.getElementById("charts") : groupFor(source)).appendChild(box);
+  state.charted.add(source);
   const chart = { source, field, ones: [], tens: [], five: null, latest: null, box,
                   dirty: true, drawn: 0 };
   state.charts.set(key, chart);
