@@ -12,13 +12,15 @@ agents and tables register themselves; nothing here imports them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kestrel.faust_compat import KestrelApp
 from kestrel.settings import get_settings
 
 settings = get_settings()
 
 
-def make_app(role: str, modules: list[str], **options: object) -> KestrelApp:
+def make_app(role: str, modules: list[str], **options: Any) -> KestrelApp:
     """The Faust app of one worker role; its id (and consumer group) is ``<ns>-<role>``."""
     worker_dir = (settings.data_dir / "faust" / settings.app_id(role)).resolve()
     # Faust creates only the last level of its datadir; the levels above are ours.
@@ -26,7 +28,6 @@ def make_app(role: str, modules: list[str], **options: object) -> KestrelApp:
     return KestrelApp(
         settings.app_id(role),
         broker=settings.broker_url,
-        store=settings.store,
         autodiscover=modules,
         origin="faust_app",
         datadir=str(worker_dir),
@@ -41,11 +42,8 @@ def make_app(role: str, modules: list[str], **options: object) -> KestrelApp:
     )
 
 
-app = make_app(
-    "stream",
-    ["agents.telemetry", "tables.metric_windows", "agents.tracking", "tables.camera_tracks"],
-)
-analytics = make_app("analytics", ["agents.analytics", "tables.alert_state"])
+app = make_app("stream", ["agents.telemetry", "agents.tracking", "agents.registry"])
+analytics = make_app("analytics", ["agents.analytics"])
 # Frames are big: a small stream buffer keeps an inference worker's memory bounded
 # (frames wait in per-camera queues of their own, where the oldest are dropped).
 inference = make_app("inference", ["agents.inference"], stream_buffer_maxsize=32)

@@ -2,40 +2,51 @@
 
 Its own Faust app and consumer group (``faust -A faust_app:analytics worker``), so
 rules never slow the windows down and each scales on its own. Per message: validate,
-apply the same 60 Hz budget as the stream stage (a message that stage refuses is not
-analysed either), run every check of the rules file
+apply the same checks and 60 Hz budget as the stream stage (a message that stage
+refuses is not analysed either), run every check of the rules file
 (:class:`kestrel.analytics.engine.AnalyticsEngine`) and publish alert starts and
 ends to ``alerts``; for a model source, publish the latest sample with its
 ``energy_visual`` to ``metrics.energy``.
 
 Invalid messages are the stream stage's to dead-letter; this stage counts and skips
-them. Alerts are at least once: after a crash the messages since the last commit
-are analysed again, which can repeat an alert record (same ``alert_id`` and
-``timestamp``). Rule state (pending deadlines, baselines) lives in the worker; active
-alerts live in a table (:mod:`tables.alert_state`), so they are cleared after a
-restart or a rebalance.
+them. Everything the checks remember per source (pending deadlines, 5-minute
+baselines, recent means, jank frames, active alerts, rate counts) is state of the
+state protocol (:mod:`kestrel.state`): it commits with the alerts and energy records
+it caused, every ``KESTREL_RESULT_COMMIT_MS``, so after a crash or a rebalance the
+checks decide exactly as an uninterrupted worker would, and every alert record goes
+out once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import Any, cast
 
 import faust
+import orjson
 
 from faust_app import analytics as app
 from faust_app import settings
-from kestrel.analytics.config import load_rules
+from kestrel.analytics.config import AnalyticsConfig, load_rules
 from kestrel.analytics.energy import energy_visual
 from kestrel.analytics.engine import AnalyticsEngine
 from kestrel.errors import InvalidMessage
-from kestrel.producer import KestrelProducer
 from kestrel.ratelimit import SourceRateLimiter
-from kestrel.schemas import MetricEnvelope, parse_envelope, topic_suffix_for
+from kestrel.schemas import MetricEnvelope, check_event_time, parse_envelope, topic_suffix_for
+from kestrel.state import Event, Restored, StateStore, Task
 from kestrel.stats import write_stats
-from kestrel.topics import ALERTS, COLLECTOR_TOPICS, METRICS_ENERGY, ensure_topics, faust_topic
-from tables.alert_state import active_alerts
+from kestrel.topics import (
+    ALERTS,
+    COLLECTOR_TOPICS,
+    DEADLETTER,
+    METRICS_ENERGY,
+    STATE_ANALYTICS,
+    ensure_topics,
+    faust_topic,
+)
+from tables import bind
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +56,47 @@ energy_topic = faust_topic(app, settings, METRICS_ENERGY)
 TOPIC_SUFFIX = {spec.name(settings): spec.suffix for spec in COLLECTOR_TOPICS}
 
 
+class AnalyticsPartition:
+    """The analytics state of one partition: an engine and a rate limiter per source."""
+
+    def __init__(self, rules: AnalyticsConfig) -> None:
+        self.engine = AnalyticsEngine(rules, {})
+        self.limiter = SourceRateLimiter(settings.source_max_hz)
+
+    def changes(self) -> list[tuple[bytes, bytes]]:
+        records = []
+        for source in sorted(self.engine.dirty):
+            record = {"engine": self.engine.dump(source), "rate": self.limiter.counts(source)}
+            records.append((source.encode(), orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)))
+        self.engine.dirty.clear()
+        return records
+
+
 class AnalyticsStage:
-    """The engine, the producer of its outputs, and its counters."""
+    """The rules, the analytics tasks and the counters."""
 
     def __init__(self) -> None:
         self.rules = load_rules(settings.rules_path)
-        self.engine = AnalyticsEngine(self.rules, active_alerts)
-        self.limiter = SourceRateLimiter(settings.source_max_hz)
-        self._producer: KestrelProducer | None = None
+        self.store: StateStore[AnalyticsPartition] = StateStore(
+            settings,
+            app_id=app.conf.id,
+            name="analytics",
+            changelog=STATE_ANALYTICS,
+            inputs=COLLECTOR_TOPICS,
+            load=self._load,
+            persist=self._persist,
+            interval_s=settings.result_commit_ms / 1000,
+            deadletter=DEADLETTER.name(settings),
+        )
         self.messages = 0
         self.skipped: dict[str, int] = {}
         self.alerts: dict[str, int] = {"active": 0, "cleared": 0}
+        self._started = False
 
     async def start(self) -> None:
-        if self._producer is None:
-            outputs = [ALERTS, METRICS_ENERGY]
+        if not self._started:
+            outputs = [ALERTS, METRICS_ENERGY, DEADLETTER]
             await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings, outputs)
-            self._producer = KestrelProducer(settings, **{"linger.ms": 5})
             log.info(
                 "analytics: %d temporal rules, %d jank, %d degradation, %d pattern watches",
                 len(self.rules.rules),
@@ -69,28 +104,40 @@ class AnalyticsStage:
                 len(self.rules.degradation),
                 len(self.rules.patterns.watch),
             )
+            self._started = True
+        await self.store.start(app.crash)
 
-    @property
-    def producer(self) -> KestrelProducer:
-        assert self._producer is not None, "AnalyticsStage.start() was not awaited"
-        return self._producer
+    def _load(self, restored: Restored) -> AnalyticsPartition:
+        part = AnalyticsPartition(self.rules)
+        for key, value in restored.records.items():
+            source, record = key.decode(), orjson.loads(value)
+            part.engine.load(source, record["engine"])
+            part.limiter.restore(source, record["rate"])
+        return part
 
-    def handle(self, event: faust.EventT[bytes]) -> int:
-        """Analyse one message; queue its alerts and energy record. Returns the alerts."""
-        envelope = self._admit(event)
+    def _persist(self, task: Task[AnalyticsPartition]) -> None:
+        for key, value in task.model.changes():
+            task.put(key, value)
+
+    async def handle(self, event: faust.EventT[bytes]) -> None:
+        await self.store.process(event, self._apply)
+
+    def _apply(self, task: Task[AnalyticsPartition], event: Event) -> None:
+        """Analyse one message; queue its alerts and energy record."""
+        part = task.model
+        envelope = self._admit(part, event)
         if envelope is None:
-            return 0
+            return
         self.messages += 1
         if envelope.samples is None:
             timestamps = [envelope.timestamp]
             columns: dict[str, list[float | None]] = {k: [v] for k, v in envelope.data.items()}
         else:
             timestamps, columns = envelope.samples.timestamp, envelope.samples.data
-        alerts = self.engine.observe(envelope.source, timestamps, columns)
-        for alert in alerts:
+        for alert in part.engine.observe(envelope.source, timestamps, columns):
             self.alerts[alert.state] += 1
             log.info("alert %s %s: %s = %s", alert.state, alert.alert_id, alert.field, alert.value)
-            self.producer.send(
+            task.send(
                 alerts_topic.get_topic_name(),
                 alert.model_dump_json().encode(),
                 alert.alert_id.encode(),
@@ -100,30 +147,32 @@ class AnalyticsStage:
             energy = envelope.model_copy(
                 update={"samples": None, "energy_visual": energy_visual(envelope.data)}
             )
-            self.producer.send(
+            task.send(
                 energy_topic.get_topic_name(),
                 energy.model_dump_json(exclude_none=True).encode(),
                 envelope.source.encode(),
                 timestamp_ms=envelope.timestamp,
             )
-        return len(alerts)
 
-    def _admit(self, event: faust.EventT[bytes]) -> MetricEnvelope | None:
+    def _admit(self, part: AnalyticsPartition, event: Event) -> MetricEnvelope | None:
         """The message's envelope, or None (counted) if the stream stage refuses it."""
         try:
-            envelope = parse_envelope(event.value)
+            envelope = parse_envelope(event.message.value or b"")
+            if topic_suffix_for(envelope.source) != TOPIC_SUFFIX[event.message.topic]:
+                raise InvalidMessage("wrong_topic", envelope.source)
+            now_ms = int(time.time() * 1000)
+            check_event_time(envelope, now_ms, round(settings.max_future_s * 1000))
         except InvalidMessage as exc:
             self._skip(exc.reason)
-            return None
-        if topic_suffix_for(envelope.source) != TOPIC_SUFFIX[event.message.topic]:
-            self._skip("wrong_topic")
             return None
         timestamps = (
             [envelope.timestamp] if envelope.samples is None else envelope.samples.timestamp
         )
-        if not self.limiter.admit(envelope.source, timestamps):
+        if not part.limiter.admit(envelope.source, timestamps):
+            part.engine.dirty.add(envelope.source)  # its rate counts are state too
             self._skip("rate_limited")
             return None
+        part.engine.dirty.add(envelope.source)
         return envelope
 
     def _skip(self, reason: str) -> None:
@@ -134,23 +183,25 @@ class AnalyticsStage:
             "messages": self.messages,
             "skipped": dict(self.skipped),
             "alerts": dict(self.alerts),
-            "active_alerts": len(active_alerts),
+            "active_alerts": sum(
+                len(t.model.engine.tracker.active) for t in self.store.tasks.values()
+            ),
+            "dead_letters": dict(self.store.dead_letters),
+            "state": dict(self.store.stats),
         }
 
 
 stage = AnalyticsStage()
+bind(app, stage.store)
 
 
 @app.agent(collector_topics)
 async def analyse(stream: faust.StreamT[bytes]) -> None:
-    """Run the rules on every collector message; alerts are durable before the ack."""
+    """Run the rules on every collector message; acks follow each commit."""
+    manual_acks = cast(faust.Stream[bytes], stream).noack()
     await stage.start()
-    async for event in stream.events():
-        if stage.handle(event):
-            # Alerts are rare: waiting for them before Faust acks the message costs
-            # little and loses none to a crash. Energy records are a latest-value
-            # stream; a crash can lose the few still queued (5 ms of them).
-            await stage.producer.flush_async()
+    async for event in manual_acks.events():
+        await stage.handle(event)
 
 
 @app.timer(1.0)  # type: ignore[untyped-decorator]  # Faust's timer is untyped

@@ -9,12 +9,23 @@ bounded queue (a camera that falls behind loses its oldest frame, counted).
 A batcher task takes up to the adaptive batch size of the oldest frames as soon as
 that many wait or the oldest has waited ``KESTREL_MAX_QUEUE_DELAY_MS`` (Triton's
 dynamic batcher), decodes them in a thread pool (a corrupt JPEG is dead-lettered,
-the rest of the batch goes on), runs the detector in its own thread, publishes one
-:class:`FrameDetections` per frame to ``camera.detections``, and acks the frames
-once those are delivered; up to three batches wait for delivery while the next one
-runs. The detector is loaded when the worker starts, never at
-import, and the model's telemetry (FPS, latency, batch size, queue wait, GPU) goes
-to ``metrics.model`` through the model-metrics client.
+the rest of the batch goes on), runs the detector in its own thread, and publishes one
+:class:`FrameDetections` per frame to ``camera.detections``. Deliveries go on while the
+next batch runs.
+
+Every frame read gets exactly one record out: its detections, its dead letter, or,
+for a frame dropped by backpressure (its camera's oldest when the queue was full) or
+expired (older than ``KESTREL_FRAME_MAX_AGE_S`` when its batch came), a
+``FrameDetections`` marked ``dropped`` that the tracking stage turns into a
+``frame_dropped`` record on ``camera.results``. A frame is acked when its own record
+is delivered; a delivery that fails (librdkafka has retried it until
+``message.timeout.ms``) stops the worker, so a restart replays the frame. This stage
+writes at least once: after a crash it may detect a frame again, and the tracking
+stage, which writes exactly once, drops the duplicate.
+
+The detector is loaded when the worker starts, never at import, and the model's
+telemetry (FPS, latency, batch size, queue wait, GPU) goes to ``metrics.model``
+through the model-metrics client.
 """
 
 from __future__ import annotations
@@ -30,8 +41,9 @@ import cv2
 import faust
 import numpy as np
 import psutil
+from confluent_kafka import KafkaError
+from confluent_kafka import Message as KafkaMessage
 
-from agents.deadletter import send_to_dead_letter
 from faust_app import inference as app
 from faust_app import settings
 from kestrel.camera.batching import AdaptiveBatchSize, FrameQueues, Waiting
@@ -39,7 +51,8 @@ from kestrel.camera.frames import FrameHeaders, check_camera_id, parse_headers
 from kestrel.camera.registry import CameraRegistry
 from kestrel.collectors.model import ModelMetrics
 from kestrel.collectors.system import GpuSampler
-from kestrel.errors import InvalidMessage
+from kestrel.deadletter import DeadLetter
+from kestrel.errors import InvalidMessage, KestrelError
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import Detection, FrameDetections
 from kestrel.topics import CAMERA_DETECTIONS, CAMERA_FRAMES, DEADLETTER, ensure_topics, faust_topic
@@ -47,13 +60,20 @@ from models import Detector, load_detector
 
 log = logging.getLogger(__name__)
 STAGE = "inference"
-MAX_IN_FLIGHT = 3  # batches whose detections are being delivered (digest B: 3 requests)
+POLL_S = 0.005  # how often delivery reports (and so acks) are served
 REGISTRY_GRACE_S = 2.0  # how long a frame of an unseen camera waits for its registration
 UNKNOWN_MEMORY_S = 10.0
 
 frames_topic = faust_topic(app, settings, CAMERA_FRAMES)
 detections_topic = faust_topic(app, settings, CAMERA_DETECTIONS)
-faust_topic(app, settings, DEADLETTER)  # declared: this worker creates it as catalogued
+deadletter_topic = faust_topic(app, settings, DEADLETTER)
+
+
+Image = np.ndarray[Any, np.dtype[np.uint8]]
+
+
+class DeliveryFailed(KestrelError):
+    """Kafka refused a record for good: the worker stops, and a restart replays its input."""
 
 
 @dataclass
@@ -80,17 +100,18 @@ class InferenceStage:
         self.runner = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.frames = 0
         self.dead_letters: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
         self._batcher: asyncio.Task[None] | None = None
-        self._acking: set[asyncio.Task[None]] = set()
-        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._poller: asyncio.Task[None] | None = None
         self._unknown: dict[str, float] = {}  # camera id -> refuse at once until
 
     async def start(self) -> None:
+        """Load once; at every start of the agent, check that the background tasks run."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.registry.start)
         if self._batcher is not None:
             return
-        loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_topics, settings, [CAMERA_DETECTIONS, DEADLETTER])
-        await loop.run_in_executor(None, self.registry.start)
         self.detector = await loop.run_in_executor(self.runner, load_detector, settings)
         self.gpu = GpuSampler()
         vram = None
@@ -107,6 +128,7 @@ class InferenceStage:
         )
         self.producer = KestrelProducer(settings, **{"linger.ms": 1})
         self.metrics = ModelMetrics(f"model:{self.detector.name}", settings=settings)
+        self._poller = asyncio.create_task(self._poll_forever(), name="inference-deliveries")
         self._batcher = asyncio.create_task(self._batch_forever(), name="inference-batcher")
         log.info("inference: batch size starts at %d (max %d)", self.batch.size, settings.max_batch)
 
@@ -146,27 +168,91 @@ class InferenceStage:
             headers = parse_headers(cast(Any, message.headers))
         except InvalidMessage as exc:
             self.dead_letter(event, exc)
-            task = asyncio.create_task(self._ack_when_delivered([event]))
-            self._acking.add(task)
-            task.add_done_callback(self._acking.discard)
             return
         frame = Frame(event, camera_id, headers, time.time_ns())
         evicted = self.queues.put(camera_id, time.monotonic(), frame)
         if evicted is not None:
-            evicted.item.event.ack()  # dropped on purpose: counted, not retried
+            self.drop(evicted.item, "backpressure")
         self.wakeup.set()
 
-    def dead_letter(self, event: faust.EventT[bytes], error: InvalidMessage) -> None:
+    # Outputs: one record per frame, acked when it is delivered --------------------------
+    def deliver(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        event: faust.EventT[bytes],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Send the frame's record; ack the frame once Kafka has it."""
+
+        def delivered(err: KafkaError | None, msg: KafkaMessage) -> None:
+            if err is None:
+                event.ack()
+            else:  # librdkafka gave up retrying: never ack, stop, replay on restart
+                failure = DeliveryFailed(f"a record to {msg.topic()} was not delivered: {err}")
+                asyncio.get_running_loop().create_task(app.crash(failure))
+
         assert self.producer is not None
-        send_to_dead_letter(self.producer, event, error, stage=STAGE)
+        self.producer.send(topic, value, key, headers=headers, on_delivery=delivered)
+
+    def dead_letter(self, event: faust.EventT[bytes], error: InvalidMessage) -> None:
+        message = event.message
+        letter = DeadLetter(
+            error.reason,
+            error.detail[:2000],
+            STAGE,
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+        log.warning(
+            "dead letter from %s[%d]@%d (%s): %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            STAGE,
+            error,
+        )
+        self.deliver(
+            deadletter_topic.get_topic_name(), message.value, message.key, event, letter.headers()
+        )
         self.dead_letters[error.reason] = self.dead_letters.get(error.reason, 0) + 1
 
-    async def _ack_when_delivered(self, events: list[faust.EventT[bytes]]) -> None:
-        """Ack only once the dead letters are durable: a crash never loses one."""
+    def drop(self, frame: Frame, reason: str) -> None:
+        """A frame that will not be detected: its record says so (see the module)."""
+        assert self.detector is not None
+        out = FrameDetections(
+            camera_id=frame.camera_id,
+            frame_id=frame.headers.frame_id,
+            seq=frame.headers.seq,
+            capture_ts_ns=frame.headers.capture_ns,
+            width=frame.headers.width,
+            height=frame.headers.height,
+            detections=[],
+            dropped=reason,  # type: ignore[arg-type]
+            model=self.detector.name,
+            provider=self.detector.provider,
+            batch_size=0,
+            queue_ms=0.0,
+            decode_ms=0.0,
+            inference_ms=0.0,
+            broker_in_ms=(frame.received_ns - frame.headers.capture_ns) / 1e6,
+        )
+        self.deliver(
+            detections_topic.get_topic_name(),
+            out.model_dump_json().encode(),
+            frame.camera_id.encode(),
+            frame.event,
+        )
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    async def _poll_forever(self) -> None:
+        """Serve delivery reports on the event loop, where the acks they make belong."""
         assert self.producer is not None
-        await self.producer.flush_async()
-        for event in events:
-            event.ack()
+        while True:
+            self.producer.poll()
+            await asyncio.sleep(POLL_S)
 
     # Batching --------------------------------------------------------------------------
     async def _batch_forever(self) -> None:
@@ -200,6 +286,12 @@ class InferenceStage:
         return self.queues.take(self.batch.size)
 
     async def _run(self, batch: list[Waiting[Frame]]) -> None:
+        oldest_ns = time.time_ns() - round(settings.frame_max_age_s * 1e9)
+        for w in [w for w in batch if w.item.headers.capture_ns < oldest_ns]:
+            self.drop(w.item, "expired")
+        batch = [w for w in batch if w.item.headers.capture_ns >= oldest_ns]
+        if not batch:
+            return
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         decoded = await asyncio.gather(
@@ -218,11 +310,9 @@ class InferenceStage:
                 )
         assert self.detector is not None and self.producer is not None
         infer_started = time.monotonic()
-        results = await loop.run_in_executor(
-            self.runner, self.detector.detect, [image for _, image in good]
-        )
+        detected = await self._detect(good)
         inference_ms = (time.monotonic() - infer_started) * 1000
-        for (w, _), found in zip(good, results, strict=True):
+        for w, found in detected:
             frame = w.item
             out = FrameDetections(
                 camera_id=frame.camera_id,
@@ -245,31 +335,43 @@ class InferenceStage:
                 inference_ms=inference_ms,
                 broker_in_ms=(frame.received_ns - frame.headers.capture_ns) / 1e6,
             )
-            self.producer.send(
+            self.deliver(
                 detections_topic.get_topic_name(),
                 out.model_dump_json().encode(),
                 frame.camera_id.encode(),
+                frame.event,
             )
         latency_ms = (time.monotonic() - started) * 1000
         self.frames += len(good)
         self._adapt(len(batch), latency_ms)
         self._report(batch, started, latency_ms)
-        # Deliver in the background and go on to the next batch: up to MAX_IN_FLIGHT
-        # batches are in flight, as the digest's workers keep several requests going.
-        await self._in_flight.acquire()
-        task = asyncio.create_task(self._deliver(batch))
-        self._acking.add(task)
-        task.add_done_callback(self._acking.discard)
 
-    async def _deliver(self, batch: list[Waiting[Frame]]) -> None:
-        """Ack a batch's frames once their detections are durable."""
+    async def _detect(
+        self, good: list[tuple[Waiting[Frame], Image]]
+    ) -> list[tuple[Waiting[Frame], Any]]:
+        """Run the detector on a batch; if it raises, on each frame alone.
+
+        A frame the detector cannot take (whatever a producer put in it) goes to the
+        dead letters with the error, and the rest of its batch goes on.
+        """
+        assert self.detector is not None
+        loop = asyncio.get_running_loop()
+        images = [image for _, image in good]
         try:
-            assert self.producer is not None
-            await self.producer.flush_async()
-            for w in batch:
-                w.item.event.ack()
-        finally:
-            self._in_flight.release()
+            results = await loop.run_in_executor(self.runner, self.detector.detect, images)
+            return [(w, found) for (w, _), found in zip(good, results, strict=True)]
+        except Exception:
+            log.exception("inference: the batch failed; retrying its frames one by one")
+        done = []
+        for w, image in good:
+            try:
+                [found] = await loop.run_in_executor(self.runner, self.detector.detect, [image])
+            except Exception as exc:
+                error = InvalidMessage("processing_error", f"{type(exc).__name__}: {exc}")
+                self.dead_letter(w.item.event, error)
+            else:
+                done.append((w, found))
+        return done
 
     def _adapt(self, size: int, latency_ms: float) -> None:
         before = self.batch.size
@@ -296,7 +398,7 @@ class InferenceStage:
         )
 
 
-def _decode(jpeg: bytes | None) -> np.ndarray[Any, np.dtype[np.uint8]] | None:
+def _decode(jpeg: bytes | None) -> Image | None:
     """A BGR image, or None for bytes that are not a decodable image."""
     if not jpeg:
         return None
@@ -309,7 +411,7 @@ stage = InferenceStage()
 
 @app.agent(frames_topic)
 async def infer(stream: faust.StreamT[bytes]) -> None:
-    """Admit every frame; the batcher acks them once their detections are out."""
+    """Admit every frame; each is acked once its record is delivered."""
     manual_acks = cast(faust.Stream[bytes], stream).noack()
     await stage.start()
     async for event in manual_acks.events():

@@ -1,40 +1,44 @@
 """Tracking stage: detections in; tracks, zones, line counts and results out.
 
 Runs in the stream workers (no model here). ``camera.detections`` is keyed by camera
-id, so one worker sees all of a camera's frames, in order, and owns its entry in the
-``camera-tracks`` table (:mod:`tables.camera_tracks`): the tracker, the line totals
-and the offset they reflect. Per frame: update the tracker, find each confirmed
-track's zones and line crossings (:mod:`kestrel.camera.geometry`), publish the
-digest's result shape (:class:`kestrel.schemas.camera.CameraResult`) to
-``camera.results`` and the frame's per-class counts to ``metrics.camera``, where the
-telemetry stage windows them (1 s / 10 s / 5 min) like any metric.
+id, so one task (:mod:`kestrel.state`) sees all of a camera's frames, in order, and
+owns its state (:mod:`tables.camera_tracks`): the tracker, the line totals and the
+frames already handled. Per frame: update the tracker, find each confirmed track's
+zones and line crossings (:mod:`kestrel.camera.geometry`), publish the digest's result
+shape (:class:`kestrel.schemas.camera.CameraResult`) to ``camera.results`` and the
+frame's per-class counts (and the total, ``objects``) to ``metrics.camera``, where the
+telemetry stage windows them (1 s / 10 s / 5 min) like any metric. A frame the
+inference group dropped (backpressure, expired) gets a
+:class:`kestrel.schemas.camera.FrameDropped` record on ``camera.results`` instead, so
+every frame has exactly one record there.
 
-A replayed detection (offset at or below the camera's stored offset, after a crash)
-is skipped. Results are delivered before Faust acks the frame's detections.
+Results, state and progress commit together every ``KESTREL_RESULT_COMMIT_MS``; an
+upstream duplicate of a frame (same camera, capture time at or before the last one
+handled) produces nothing and never advances a track twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from typing import Any
+from typing import cast
 
 import faust
 import orjson
 
-from agents.deadletter import send_to_dead_letter
 from faust_app import app, settings
 from kestrel.camera.geometry import crossing, foot, inside
 from kestrel.camera.registry import CameraRegistry
 from kestrel.camera.tracker import Tracker
 from kestrel.errors import InvalidMessage
-from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import (
     AggSummary,
     CameraConfig,
     CameraResult,
     FrameDetections,
+    FrameDropped,
     LineCount,
     ModelResult,
     PostProcessingResult,
@@ -42,44 +46,66 @@ from kestrel.schemas.camera import (
     ResultMetadata,
     TrackedObject,
 )
+from kestrel.state import Event, StateStore, Task
 from kestrel.topics import (
     CAMERA_DETECTIONS,
     CAMERA_FRAMES,
     CAMERA_RESULTS,
+    DEADLETTER,
     METRICS_CAMERA,
+    STATE_TRACKS,
     ensure_topics,
     faust_topic,
 )
-from tables.camera_tracks import camera_tracks
+from tables import bind
+from tables.camera_tracks import CameraTrack, CameraTracks
 
 log = logging.getLogger(__name__)
-STAGE = "tracking"
 
 detections_topic = faust_topic(app, settings, CAMERA_DETECTIONS)
+NOT_IN_FIELD = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def field_name(label: str) -> str:
+    """A class label as a metric field name ("traffic light" -> "traffic_light")."""
+    return NOT_IN_FIELD.sub("_", label)[:64] or "_"
+
+
 results_topic = faust_topic(app, settings, CAMERA_RESULTS)
 
 
 class TrackingStage:
+    """The tracking tasks, the camera registry (zones, lines) and the counters."""
+
     def __init__(self) -> None:
         self.registry = CameraRegistry(settings)
-        self._producer: KestrelProducer | None = None
+        self.store: StateStore[CameraTracks] = StateStore(
+            settings,
+            app_id=app.conf.id,
+            name="tracking",
+            changelog=STATE_TRACKS,
+            inputs=[CAMERA_DETECTIONS],
+            load=CameraTracks.restore,
+            persist=self._persist,
+            interval_s=settings.result_commit_ms / 1000,
+            deadletter=DEADLETTER.name(settings),
+        )
         self.frames = 0
-        self.replayed = 0
+        self.dropped: dict[str, int] = {}
+        self.duplicates = 0
         self._waited: set[str] = set()
-
-    @property
-    def producer(self) -> KestrelProducer:
-        assert self._producer is not None, "TrackingStage.start() was not awaited"
-        return self._producer
+        self._started = False
 
     async def start(self) -> None:
-        if self._producer is None:
-            loop = asyncio.get_running_loop()
+        """Output topics, the registry and the store; safe to call at every agent start."""
+        loop = asyncio.get_running_loop()
+        if not self._started:
             await loop.run_in_executor(
-                None, ensure_topics, settings, [CAMERA_RESULTS, METRICS_CAMERA]
+                None, ensure_topics, settings, [CAMERA_RESULTS, METRICS_CAMERA, DEADLETTER]
             )
-            await loop.run_in_executor(None, self.registry.start)
-            self._producer = KestrelProducer(settings, **{"linger.ms": 1})
+            self._started = True
+        await loop.run_in_executor(None, self.registry.start)
+        await self.store.start(app.crash)
 
     async def config(self, camera_id: str) -> CameraConfig | None:
         """The camera's zones and lines; a short grace if the registry lags (see inference)."""
@@ -91,31 +117,76 @@ class TrackingStage:
         return found
 
     async def handle(self, event: faust.EventT[bytes]) -> None:
+        key = (event.message.key or b"").decode(errors="replace")
+        config = await self.config(key) if key else None
+
+        def apply(task: Task[CameraTracks], event: Event) -> None:
+            self._apply(task, event, config)
+
+        await self.store.process(event, apply)
+
+    def _persist(self, task: Task[CameraTracks]) -> None:
+        for key, value in task.model.changes():
+            task.put(key, value)
+
+    def _apply(self, task: Task[CameraTracks], event: Event, config: CameraConfig | None) -> None:
         message = event.message
         try:
             frame = FrameDetections.model_validate_json(message.value or b"")
         except ValueError as exc:
-            send_to_dead_letter(
-                self.producer, event, InvalidMessage("invalid_field", str(exc)[:500]), STAGE
-            )
+            raise InvalidMessage("invalid_field", str(exc)[:500]) from None
+        if (message.key or b"").decode(errors="replace") != frame.camera_id:
+            raise InvalidMessage("invalid_field", f"key {message.key!r} is not {frame.camera_id!r}")
+        state = task.model.get(frame.camera_id)
+        if state.handled(frame.capture_ts_ns, frame.dropped is not None):
+            self.duplicates += 1
             return
-        state: dict[str, Any] = camera_tracks.get(frame.camera_id) or {}
-        if message.offset <= state.get("offset", -1):
-            self.replayed += 1
+        if frame.dropped is not None:
+            self._drop(task, frame, state)
             return
+        if config is not None and config.camera_id != frame.camera_id:
+            config = None
+        self._track(task, frame, state, config)
+
+    def _drop(self, task: Task[CameraTracks], frame: FrameDetections, state: CameraTrack) -> None:
+        assert frame.dropped is not None
+        record = FrameDropped(
+            camera_id=frame.camera_id,
+            message_key=frame.camera_id,
+            frame_id=frame.frame_id,
+            input_stream=CAMERA_FRAMES.name(settings),
+            reason=frame.dropped,
+            capture_ts_ns=frame.capture_ts_ns,
+            seq=frame.seq,
+        )
+        task.send(
+            results_topic.get_topic_name(),
+            record.model_dump_json().encode(),
+            frame.camera_id.encode(),
+        )
+        state.drops.append(frame.capture_ts_ns)
+        task.model.put(frame.camera_id, state)
+        self.dropped[frame.dropped] = self.dropped.get(frame.dropped, 0) + 1
+
+    def _track(
+        self,
+        task: Task[CameraTracks],
+        frame: FrameDetections,
+        state: CameraTrack,
+        config: CameraConfig | None,
+    ) -> None:
         started = time.time_ns()
-        tracker = Tracker.from_json(state.get("tracker", {}))
+        tracker = Tracker.from_json(state.tracker)
         before = {t.track_id: foot(t.box) for t in tracker.tracks or []}
         tracks = tracker.match_and_update(
             [tuple(d.box) for d in frame.detections],  # type: ignore[misc]
             [d.score for d in frame.detections],
             [d.label for d in frame.detections],
         )
-        config = await self.config(frame.camera_id)
         zones = config.zones if config else []
         lines = config.lines if config else []
-        totals: dict[str, dict[str, int]] = state.get("lines", {})
-        labels: set[str] = set(state.get("labels", []))
+        totals = {name: dict(total) for name, total in state.lines.items()}
+        labels: set[str] = set(state.labels)
         objects = []
         counts: dict[str, int] = {}
         in_zones: dict[str, dict[str, int]] = {z.name: {} for z in zones}
@@ -197,37 +268,54 @@ class TrackingStage:
             ),
         )
         key = frame.camera_id.encode()
-        self.producer.send(
+        task.send(
             results_topic.get_topic_name(), result.model_dump_json(by_alias=True).encode(), key
         )
-        capture_ms = frame.capture_ts_ns // 1_000_000
         envelope = {
-            "timestamp": capture_ms,
+            "timestamp": frame.capture_ts_ns // 1_000_000,
             "source": f"camera:{frame.camera_id}",
             "type": "metrics",
-            "data": {label: float(n) for label, n in counts.items()},
+            # "objects", the total, is always there: a frame with nothing in it still
+            # counts (zero), and an envelope needs at least one field.
+            "data": {
+                **{field_name(k): float(n) for k, n in counts.items()},
+                "objects": float(len(objects)),
+            },
         }
-        self.producer.send(
+        task.send(
             METRICS_CAMERA.name(settings),
             orjson.dumps(envelope),
             f"camera:{frame.camera_id}".encode(),
         )
-        camera_tracks[frame.camera_id] = {
-            "tracker": tracker.to_json(),
-            "lines": totals,
-            "labels": sorted(labels),
-            "offset": message.offset,
-        }
+        updated = CameraTrack(
+            tracker=tracker.to_json(),
+            lines=totals,
+            labels=sorted(labels),
+            last_ns=state.last_ns,
+            drops=state.drops,
+        )
+        updated.applied(frame.capture_ts_ns)
+        task.model.put(frame.camera_id, updated)
         self.frames += 1
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "frames": self.frames,
+            "dropped": dict(self.dropped),
+            "duplicates": self.duplicates,
+            "dead_letters": dict(self.store.dead_letters),
+            "state": dict(self.store.stats),
+        }
 
 
 stage = TrackingStage()
+bind(app, stage.store)
 
 
 @app.agent(detections_topic)
 async def track(stream: faust.StreamT[bytes]) -> None:
-    """Track every frame's detections; results are delivered before the ack."""
+    """Track every frame's detections; acks follow each commit."""
+    manual_acks = cast(faust.Stream[bytes], stream).noack()
     await stage.start()
-    async for event in stream.events():
+    async for event in manual_acks.events():
         await stage.handle(event)
-        await stage.producer.flush_async()

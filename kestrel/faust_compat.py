@@ -10,6 +10,8 @@ from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
 
 from kestrel.errors import KestrelError
 
@@ -32,6 +34,51 @@ class WithoutWebServer(BootStrategy):
     enable_web = False
 
 
+class CommittedReadsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer, reading ``read_committed``, with Faust's assignor.
+
+    Kestrel's stages write their outputs in Kafka transactions (:mod:`kestrel.state`);
+    a consumer must skip aborted ones, or a crashed transaction's records count once
+    from the abort and once from its replay. Faust sets ``isolation_level`` to
+    ``read_committed`` only with ``processing_guarantee="exactly_once"``
+    (faust/transport/drivers/aiokafka.py, ``_create_worker_consumer``), whose own
+    transactions are broken upstream (duplicates after a kill:
+    https://github.com/faust-streaming/faust/issues/517; crashes and duplicates on
+    rebalance: https://github.com/faust-streaming/faust/issues/323).
+
+    The same method picks a round-robin assignor when the app has no changelog tables,
+    which Kestrel's apps no longer have; only Faust's own assignor co-partitions the
+    topics of a stage (partition ``p`` of every input topic to one worker), which the
+    state protocol's one-task-per-partition relies on. The aiokafka consumer is
+    created, not started, by that method: both settings are set on it before it starts.
+    ``tests/unit/test_faust_compat.py`` fails if they stop taking effect, and the
+    integration tests read transactional topics.
+    """
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if not hasattr(consumer, "_isolation_level") or not hasattr(
+            consumer, "_partition_assignment_strategy"
+        ):
+            raise RuntimeError(
+                "aiokafka's consumer changed: Kestrel cannot make Faust read committed "
+                "records only (see kestrel/faust_compat.py)"
+            )
+        consumer._isolation_level = "read_committed"
+        self._assignor = self.app.assignor
+        consumer._partition_assignment_strategy = [self.app.assignor]
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return CommittedReadsConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
 class KestrelApp(faust.App):
     """``faust.App`` with Kestrel's workarounds.
 
@@ -41,53 +88,15 @@ class KestrelApp(faust.App):
       https://github.com/faust-streaming/faust/issues/269 (open: "Need configurable
       onerror, or at least an option to exit when autodiscovery fails").
     * It never starts Faust's web server; see :class:`WithoutWebServer`.
-    * It keeps no standby replicas of tables (``table_standby_replicas=0``). When a
-      changelog partition that a worker followed as a standby becomes one of its
-      active partitions at the next rebalance, Faust keeps the standby's read
-      position in ``Recovery.standby_offsets`` (``on_rebalance`` pops only revoked
-      partitions, and a standby is not "revoked"), and seeks the consumer there, to
-      the high watermark, after seeking it to the start for the active recovery.
-      The active recovery then waits forever ("No event received for active tp ...
-      since recovery start", the symptom of
-      https://github.com/faust-streaming/faust/issues/176, there with another
-      cause). Seen in Kestrel's join-and-leave rebalance test; without standbys a
-      worker taking a partition over rebuilds it from the changelog, which is what
-      Kestrel's exactly-once design relies on anyway.
+    * Its consumer reads committed records only, and Faust's co-partitioning assignor
+      assigns its partitions; see :class:`CommittedReadsConsumerThread`.
     """
 
     BootStrategy = WithoutWebServer
 
-    def __init__(self, id: str, **options: Any) -> None:
-        options.setdefault("table_standby_replicas", 0)
-        super().__init__(id, **options)
+    def _new_transport(self) -> TransportT:
+        return _Transport(self.conf.broker_consumer, self)
 
     def _on_autodiscovery_error(self, name: str) -> None:
         error = sys.exc_info()[1]
         raise AutodiscoveryError(f"could not import {name}: {error!r}") from error
-
-
-def set_local(
-    table: faust.Table[bytes, bytes], key: bytes, value: bytes | None, partition: int
-) -> None:
-    """Put a record this worker wrote to ``table``'s changelog into its local copy.
-
-    Not an upstream bug but a gap in Faust's API: a table learns of changelog records
-    only through its own ``__setitem__`` (which also produces them, in Python, ~150 us
-    each) or while recovering. Faust does not recover a changelog partition again
-    when the worker keeps it across a rebalance, so records produced by another
-    producer must reach the local copy here, or the table reads older than its own
-    changelog. The in-memory store remembers each key's partition so that it can
-    drop a partition's keys when that partition moves away (``_key_partition``,
-    faust/stores/memory.py, ``on_recovery_completed``); it is kept in step too.
-    """
-    local: Any = table.data
-    if value is None:
-        local.pop(key, None)
-    else:
-        local[key] = value
-    partitions = getattr(local, "_key_partition", None)
-    if partitions is not None:
-        if value is None:
-            partitions.pop(key, None)
-        else:
-            partitions[key] = partition

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -55,9 +56,21 @@ class KestrelProducer:
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
-        """Queue one message (``value=None``: a tombstone); wait for room when full."""
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        """Queue one message (``value=None``: a tombstone); wait for room when full.
+
+        ``on_delivery`` (after the producer's own accounting) runs in whichever thread
+        calls :meth:`poll` or a flush.
+        """
+        report = self._on_delivery
+        if on_delivery is not None:
+
+            def report(err: KafkaError | None, msg: Message) -> None:
+                self._on_delivery(err, msg)
+                on_delivery(err, msg)
+
+        kwargs: dict[str, Any] = {"on_delivery": report}
         if partition is not None:
             kwargs["partition"] = partition
         if timestamp_ms is not None:
@@ -71,6 +84,15 @@ class KestrelProducer:
             except BufferError:
                 self._producer.poll(0.05)
         self._producer.poll(0)
+
+    def poll(self) -> int:
+        """Serve delivery reports that are ready; return how many were served."""
+        served: int = self._producer.poll(0)
+        return served
+
+    def __len__(self) -> int:
+        """Messages queued or in flight."""
+        return len(self._producer)
 
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait for outstanding deliveries; return how many are still undelivered."""

@@ -58,7 +58,6 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path(".kestrel/cache"), description="Broker jars and models.")
 
     # --- Stream workers -----------------------------------------------------------------
-    store: str = Field("memory://", description="Faust table store; changelogs back it.")
     window_grace_s: float = Field(
         1.0,
         ge=0,
@@ -76,6 +75,18 @@ class Settings(BaseSettings):
     )
     commit_interval_s: float = Field(
         2.8, gt=0, description="How often a worker commits its consumer offsets (Faust's)."
+    )
+    max_future_s: float = Field(
+        60.0,
+        ge=0,
+        description="How far ahead of the worker's clock a sample's timestamp may be; "
+        "later ones go to the dead letters (they would close every window of their partition).",
+    )
+    result_commit_ms: float = Field(
+        20.0,
+        gt=0,
+        description="How long camera results and alerts wait at most for their transaction "
+        "to commit (read_committed consumers see them then); each commit costs the broker a write.",
     )
     source_max_hz: float = Field(
         60.0,
@@ -107,6 +118,12 @@ class Settings(BaseSettings):
     )
     camera_queue_frames: int = Field(
         4, ge=1, description="Frames held per camera; a camera behind drops its oldest."
+    )
+    frame_max_age_s: float = Field(
+        30.0,
+        gt=0,
+        description="A frame older than this (capture to batch) is not detected: it gets "
+        "a frame_dropped record (expired) instead; a live camera's backlog is stale.",
     )
     max_frame_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Larger frames go to the dead letters."

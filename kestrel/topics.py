@@ -122,6 +122,44 @@ DEADLETTER = TopicSpec(
     config={"retention.ms": str(7 * 24 * 3600 * 1000), "max.message.bytes": str(9 * 1024 * 1024)},
 )
 
+# Changelogs of the stateful stages (kestrel.state): compacted, with segments rolled
+# each minute so that compaction keeps up and a restore reads little more than the
+# live keys; records up to 8 MB (a source with many fields keeps many sketches).
+_CHANGELOG = {
+    "segment.ms": str(60_000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.message.bytes": str(8 * 1024 * 1024),
+}
+STATE_WINDOWS = TopicSpec(
+    "state.windows",
+    doc="Changelog of the windows stage: each source's open windows and rate counts.",
+    key="s|topic|source, t|topic, ~offset|topic",
+    compacted=True,
+    config=_CHANGELOG,
+)
+STATE_TRACKS = TopicSpec(
+    "state.tracks",
+    doc="Changelog of the tracking stage: each camera's tracker, line totals, recent frames.",
+    key="camera id, ~offset|topic",
+    compacted=True,
+    config=_CHANGELOG,
+)
+STATE_ANALYTICS = TopicSpec(
+    "state.analytics",
+    doc="Changelog of the analytics stage: each source's rule state, baselines, alerts.",
+    key="source, ~offset|topic",
+    compacted=True,
+    config=_CHANGELOG,
+)
+STATE_REGISTRY = TopicSpec(
+    "state.registry",
+    doc="Changelog of the registry check: its progress through the cameras topic.",
+    key="~offset|topic",
+    compacted=True,
+    partitions=1,
+    config=_CHANGELOG,
+)
+
 COLLECTOR_TOPICS: tuple[TopicSpec, ...] = (
     METRICS_SYSTEM,
     METRICS_MODEL,
@@ -139,6 +177,10 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     CAMERA_DETECTIONS,
     CAMERA_RESULTS,
     DEADLETTER,
+    STATE_WINDOWS,
+    STATE_TRACKS,
+    STATE_ANALYTICS,
+    STATE_REGISTRY,
 )
 
 

@@ -1,15 +1,33 @@
-"""Faust tables: the state the stream agents keep, each changelog-backed."""
+"""The state the stages keep: window logic, the sketch, and each stage's state store.
+
+State is kept by :class:`kestrel.state.StateStore`, not by Faust tables: Kestrel owns
+its restore and its transactions (see that module for why and how). :func:`bind`
+connects a store to its Faust app's rebalances and shutdown.
+"""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import faust
+from mode import BaseSignalT
+
+from kestrel.state import StateStore
 
 
-def json_table(app: faust.App, name: str, partitions: int) -> faust.Table[str, dict[str, Any]]:
-    """A table keyed by string, valued with JSON (the app's default serializer)."""
-    return cast(
-        faust.Table[str, dict[str, Any]],
-        app.Table(name, default=None, partitions=partitions, key_type=str),
-    )
+def bind(app: faust.App, store: StateStore[Any]) -> None:
+    """Restore a store's tasks on assignment, commit and drop them on revocation."""
+
+    async def assigned(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kw: Any) -> None:
+        # Faust's signal: args[0] is the set of assigned topic partitions.
+        store.on_assigned(args[0], app.consumer_generation_id)
+
+    async def revoked(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kw: Any) -> None:
+        await store.on_revoked(args[0])
+
+    async def shutdown(sender: Any, /, *args: Any, **kw: Any) -> None:
+        await store.stop()
+
+    app.on_partitions_assigned.connect(assigned)
+    app.on_partitions_revoked.connect(revoked)
+    app.on_before_shutdown.connect(shutdown)

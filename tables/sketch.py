@@ -157,5 +157,14 @@ def _pairs(buckets: dict[Any, int] | list[tuple[int, int]]) -> Any:
     return buckets.items() if isinstance(buckets, dict) else buckets
 
 
+_LOG_MIDPOINT = math.log(2.0 / (GAMMA + 1.0))
+
+
 def _value(key: int) -> float:
-    return 2.0 * GAMMA**key / (GAMMA + 1.0)
+    """The bucket's midpoint ``2 * gamma ** k / (gamma + 1)``, inf past the float range.
+
+    In logs: ``GAMMA ** k`` raises OverflowError for the top buckets (values near
+    1.8e308) before the division would bring it back in range.
+    """
+    exponent = key * LOG_GAMMA + _LOG_MIDPOINT
+    return math.exp(exponent) if exponent < 709.78 else math.inf

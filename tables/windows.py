@@ -1,16 +1,18 @@
 """Tumbling event-time windows with grace, in the semantics of Kafka Streams.
 
-Pure logic, no Faust: :mod:`tables.metric_windows` persists it and
+Pure logic, no Kafka: :mod:`tables.metric_windows` persists it and
 :mod:`agents.telemetry` drives it.
 
 * Each input partition has its own **stream time**: the largest sample timestamp seen.
 * A sample falls in window ``[start, start + size)`` with ``start = ts - ts % size``.
-* A window **closes** once stream time reaches ``end + grace``; it is then emitted
-  once and never changes again.
-* A sample whose window has closed is **late**: it is not counted, it is reported
-  (per window size, as Kafka Streams drops per aggregation) for the late-events topic.
-* Each window remembers the highest input offset applied to it, so replaying a
-  message after a crash never counts it twice in that window.
+* A window **closes** once stream time reaches ``end + grace``: from then on it takes
+  no sample, and :meth:`PartitionWindows.close_due` hands it out (once) for emission.
+* A sample whose window has closed is **late**: it is not counted, it is reported (per
+  window size, as Kafka Streams drops per aggregation) for the late-events topic.
+
+Every function here is total over finite input: any finite values (subnormals and
+±1e308 included), any timestamps, empty batches. Replays are not this module's
+business: the state protocol (:mod:`kestrel.state`) never applies a message twice.
 """
 
 from __future__ import annotations
@@ -105,9 +107,12 @@ class RowStats:
         """Statistics of ``values`` (fields x rows, NaN = null) at ``timestamps``."""
         known = ~np.isnan(values)
         rows = values.shape[1]
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
             mins = np.fmin.reduce(values, axis=1)
             maxs = np.fmax.reduce(values, axis=1)
+            # Sums of huge values overflow to ±inf (or inf - inf = nan): IEEE, not an
+            # error. Validation keeps real inputs far from it (kestrel.schemas).
+            sums = np.where(known, values, 0.0).sum(axis=1)
         # Rows are in timestamp order: the last known value of a field is its latest.
         last_index = rows - 1 - np.argmax(known[:, ::-1], axis=1)
         fields = np.arange(values.shape[0])
@@ -115,7 +120,7 @@ class RowStats:
         known_rows = known.tolist()
         return cls(
             counts=known.sum(axis=1).tolist(),
-            sums=np.where(known, values, 0.0).sum(axis=1).tolist(),
+            sums=sums.tolist(),
             mins=mins.tolist(),
             maxs=maxs.tolist(),
             lasts=values[fields, last_index].tolist(),
@@ -130,17 +135,7 @@ class RowStats:
 class WindowState:
     """The running statistics of one field of one source in one window."""
 
-    __slots__ = (
-        "closed",
-        "count",
-        "last",
-        "last_ts",
-        "maximum",
-        "minimum",
-        "offset",
-        "sketch",
-        "total",
-    )
+    __slots__ = ("count", "last", "last_ts", "maximum", "minimum", "sketch", "total")
 
     def __init__(self) -> None:
         self.count = 0
@@ -148,10 +143,8 @@ class WindowState:
         self.minimum = math.inf
         self.maximum = -math.inf
         self.last = math.nan
-        self.last_ts = -1
+        self.last_ts = -(2**63)
         self.sketch = DDSketch()
-        self.offset = -1
-        self.closed = False
 
     def add(self, values: FloatArray, timestamps: IntArray) -> None:
         """Add one field's values (NaN: null) at their timestamps, in any order.
@@ -179,32 +172,39 @@ class WindowState:
         positive, negative, zero = stats.buckets[i]
         self.sketch.merge_counts(positive, negative, zero, count)
 
+    def quantile(self, q: float) -> float | None:
+        """The sketch's quantile, never outside [min, max] (which the sketch may round past)."""
+        value = self.sketch.quantile(q)
+        if value is None or self.count == 0:
+            return None
+        return min(max(value, self.minimum), self.maximum)
+
     def stats(self) -> dict[str, Any]:
         """count, sum, mean, min, max, last and p50/p95/p99 (None while empty)."""
         empty = self.count == 0
         return {
             "count": self.count,
             "sum": self.total,
-            "mean": None if empty else self.total / self.count,
+            "mean": None if empty else _mean(self.total, self.count, self.minimum, self.maximum),
             "min": None if empty else self.minimum,
             "max": None if empty else self.maximum,
             "last": None if empty else self.last,
-            "p50": self.sketch.quantile(0.50),
-            "p95": self.sketch.quantile(0.95),
-            "p99": self.sketch.quantile(0.99),
+            "p50": self.quantile(0.50),
+            "p95": self.quantile(0.95),
+            "p99": self.quantile(0.99),
         }
 
     def to_json(self) -> dict[str, Any]:
+        """The changelog form; the sum is text when it overflowed (JSON has no inf)."""
+        empty = self.count == 0
         return {
             "n": self.count,
-            "s": self.total,
-            "lo": None if self.count == 0 else self.minimum,
-            "hi": None if self.count == 0 else self.maximum,
-            "l": None if self.count == 0 else self.last,
+            "s": self.total if math.isfinite(self.total) else repr(self.total),
+            "lo": None if empty else self.minimum,
+            "hi": None if empty else self.maximum,
+            "l": None if empty else self.last,
             "lt": self.last_ts,
             "q": self.sketch.to_json(),
-            "o": self.offset,
-            "c": self.closed,
         }
 
     @classmethod
@@ -217,9 +217,15 @@ class WindowState:
             state.last = float(data["l"])
         state.last_ts = int(data["lt"])
         state.sketch = DDSketch.from_json(data["q"])
-        state.offset = int(data["o"])
-        state.closed = bool(data["c"])
         return state
+
+
+def _mean(total: float, count: int, low: float, high: float) -> float:
+    """The mean, within [min, max] even when the running sum overflowed or rounded out."""
+    mean = total / count
+    if not math.isfinite(mean):
+        return low if high == low else math.nan
+    return min(max(mean, low), high)
 
 
 @dataclass(frozen=True)
@@ -255,40 +261,35 @@ class ClosedWindow:
     size_ms: int
 
 
+#: A source's open windows: (window size name, start) -> field -> state.
+SourceWindows = dict[tuple[str, int], dict[str, WindowState]]
+
+
 @dataclass
 class PartitionWindows:
-    """Every open window of one input partition, its stream time and its progress."""
+    """Every open window of one input partition, by source, and its stream time."""
 
     partition: int
     specs: tuple[WindowSpec, ...]
-    windows: dict[WindowKey, WindowState] = field(default_factory=dict)
-    stream_time_ms: int = -1
-    #: Highest input offset fully applied and persisted (the marker); replays at or
-    #: below it are skipped whole.
-    marker_offset: int = -1
-    #: Highest input offset applied in memory (persisted at the next flush).
-    applied_offset: int = -1
-    dirty: set[WindowKey] = field(default_factory=set)
+    stream_time_ms: int = -(2**63)
+    sources: dict[str, SourceWindows] = field(default_factory=dict)
+    #: Sources whose windows changed since :meth:`take_dirty` last ran.
+    dirty: set[str] = field(default_factory=set)
     late_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    _by_start: dict[tuple[str, int], set[WindowKey]] = field(
-        default_factory=lambda: defaultdict(set)
-    )
 
-    def restore(self, key: WindowKey, state: WindowState) -> None:
-        """Put back a window read from the table after a restart or rebalance."""
-        self.windows[key] = state
-        self._by_start[(key.window, key.start_ms)].add(key)
-
-    def already_applied(self, offset: int) -> bool:
-        return offset <= self.marker_offset
-
-    def apply(self, batch: SampleBatch, offset: int) -> list[LateSamples]:
+    def apply(self, batch: SampleBatch) -> list[LateSamples]:
         """Add one message's samples to their windows; return those that came late."""
+        ts = batch.timestamps
+        if ts.size == 0:
+            return []
         late: list[LateSamples] = []
         stream_time = self.stream_time_ms  # lateness is judged before this message
         names = list(batch.fields)
-        values = np.vstack([batch.fields[name] for name in names])
-        ts = batch.timestamps
+        values = (
+            np.vstack([batch.fields[name] for name in names])
+            if names
+            else np.empty((0, ts.size), dtype=np.float64)
+        )
         if ts.size > 1 and bool((np.diff(ts) < 0).any()):
             # Envelopes are validated in order; anything else is sorted here, since
             # each window's rows must form one slice.
@@ -306,49 +307,22 @@ class PartitionWindows:
                 if start + spec.size_ms + spec.grace_ms <= stream_time:
                     late.append(self._late(batch, spec, start, slice(lo, hi), stream_time))
                     continue
+                if not names:
+                    continue
                 stats = computed.get((lo, hi))
                 if stats is None:
                     stats = computed[(lo, hi)] = RowStats.of(values[:, lo:hi], ts[lo:hi])
-                for i, name in enumerate(names):
-                    key = WindowKey(batch.source, name, spec.name, start)
-                    self._merge(
-                        key, stats, i, offset, late, spec, stream_time, values[i, lo:hi], ts[lo:hi]
-                    )
-        self.stream_time_ms = max(stream_time, int(ts[-1]))
-        self.applied_offset = max(self.applied_offset, offset)
-        return late
-
-    def _merge(
-        self,
-        key: WindowKey,
-        stats: RowStats,
-        i: int,
-        offset: int,
-        late: list[LateSamples],
-        spec: WindowSpec,
-        stream_time: int,
-        column: FloatArray,
-        timestamps: IntArray,
-    ) -> None:
-        state = self.windows.get(key)
-        if state is None:
-            state = self.windows[key] = WindowState()
-            self._by_start[(key.window, key.start_ms)].add(key)
-        elif state.offset >= offset:
-            return  # replayed after a crash: this window already holds it
-        elif state.closed:
-            # Closed by an earlier flush whose stream time was not yet persisted.
-            values = {key.field: [None if math.isnan(v) else v for v in column.tolist()]}
-            late.append(
-                LateSamples(
-                    key.source, spec.name, key.start_ms, stream_time, timestamps.tolist(), values
+                states = self.sources.setdefault(batch.source, {}).setdefault(
+                    (spec.name, start), {}
                 )
-            )
-            self.late_counts[(key.source, spec.name)] += stats.counts[i]
-            return
-        state.merge(stats, i)
-        state.offset = offset
-        self.dirty.add(key)
+                for i, name in enumerate(names):
+                    state = states.get(name)
+                    if state is None:
+                        state = states[name] = WindowState()
+                    state.merge(stats, i)
+                self.dirty.add(batch.source)
+        self.stream_time_ms = max(stream_time, int(ts[-1]))
+        return late
 
     def _late(
         self, batch: SampleBatch, spec: WindowSpec, start: int, rows: slice, stream_time: int
@@ -364,43 +338,59 @@ class PartitionWindows:
         )
 
     def close_due(self) -> list[ClosedWindow]:
-        """Windows whose end plus grace stream time has reached; marks them closed."""
+        """Take out the windows stream time has closed (end + grace), for emission."""
         closed: list[ClosedWindow] = []
         sizes = {spec.name: spec for spec in self.specs}
-        for window, start in list(self._by_start):
-            spec = sizes[window]
-            if start + spec.size_ms + spec.grace_ms > self.stream_time_ms:
-                continue
-            for key in self._by_start[(window, start)]:
-                state = self.windows[key]
-                if not state.closed:
-                    state.closed = True
-                    self.dirty.add(key)
-                    closed.append(ClosedWindow(key, state, spec.size_ms))
+        for source, windows in list(self.sources.items()):
+            for window, start in list(windows):
+                spec = sizes[window]
+                if start + spec.size_ms + spec.grace_ms > self.stream_time_ms:
+                    continue
+                for name, state in windows.pop((window, start)).items():
+                    closed.append(
+                        ClosedWindow(WindowKey(source, name, window, start), state, spec.size_ms)
+                    )
+                self.dirty.add(source)
+            if not windows:
+                del self.sources[source]
         return closed
 
-    def forget_closed(self) -> list[WindowKey]:
-        """Drop windows whose closed state is already persisted; return their keys.
+    def take_dirty(self) -> set[str]:
+        """The sources changed since the last call (their state must be written)."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
 
-        A window is dropped one flush after it closed: by then the marker written after
-        its closed state covers every offset it holds, so no replay can reach it.
-        """
-        gone: list[WindowKey] = []
-        for group, keys in list(self._by_start.items()):
-            for key in list(keys):
-                state = self.windows[key]
-                if state.closed and key not in self.dirty:
-                    del self.windows[key]
-                    keys.discard(key)
-                    gone.append(key)
-            if not keys:
-                del self._by_start[group]
-        return gone
+    def window(self, key: WindowKey) -> WindowState | None:
+        return self.sources.get(key.source, {}).get((key.window, key.start_ms), {}).get(key.field)
 
     def open_windows(self, source: str | None = None) -> dict[WindowKey, WindowState]:
         """Running (not yet closed) windows, for reading their value while open."""
+        picked = (
+            self.sources.items() if source is None else [(source, self.sources.get(source, {}))]
+        )
         return {
-            key: state
-            for key, state in self.windows.items()
-            if not state.closed and (source is None or key.source == source)
+            WindowKey(name, field_name, window, start): state
+            for name, windows in picked
+            for (window, start), states in windows.items()
+            for field_name, state in states.items()
         }
+
+    def source_json(self, source: str) -> dict[str, Any] | None:
+        """One source's open windows in changelog form; None once it has none."""
+        windows = self.sources.get(source)
+        if not windows:
+            return None
+        return {
+            f"{window}|{start}": {name: state.to_json() for name, state in states.items()}
+            for (window, start), states in windows.items()
+        }
+
+    def restore_source(self, source: str, data: dict[str, Any]) -> None:
+        """Put back a source's open windows read from the changelog."""
+        windows: SourceWindows = {}
+        for slot, states in data.items():
+            window, start = slot.split("|")
+            windows[(window, int(start))] = {
+                name: WindowState.from_json(value) for name, value in states.items()
+            }
+        self.sources[source] = windows

@@ -94,6 +94,9 @@ def read_until(
             "group.id": f"test-reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            # Kestrel's stages write in transactions: read what they committed, as a
+            # downstream consumer should (aborted records would look like duplicates).
+            "isolation.level": "read_committed",
             **config,
         }
     )

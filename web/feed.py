@@ -99,6 +99,8 @@ class HotCacheFeed:
             bootstrap_servers=self.settings.bootstrap_servers,
             enable_auto_commit=False,
             auto_offset_reset="latest",
+            # The stages write in transactions: a dashboard shows only what committed.
+            isolation_level="read_committed",
         )
         # The topics may not exist yet (no worker has started): create them as the
         # catalogue says, as `kestrel-topics create` would, so assigning cannot fail.
@@ -134,10 +136,14 @@ class HotCacheFeed:
                 handle = self._handlers[tp.topic]
                 for record in records:
                     self._apply(handle, record, tp)
-                if tp in pending and records and records[-1].offset + 1 >= pending[tp]:
-                    del pending[tp]
-                    if not pending:
-                        self.caught_up.set()
+            if pending:
+                # By position, not by the last record's offset: a transaction's commit
+                # marker takes an offset that no record is delivered at.
+                for tp in list(pending):
+                    if await consumer.position(tp) >= pending[tp]:
+                        del pending[tp]
+                if not pending:
+                    self.caught_up.set()
             if batches:
                 async with self.updated:
                     self.updated.notify_all()

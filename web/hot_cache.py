@@ -59,7 +59,6 @@ class HotCache:
     def __init__(self, grace_ms: int = 1_000) -> None:
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._running: dict[str, PartitionWindows] = {}
-        self._offsets: dict[str, int] = {}
         self._grace_ms = grace_ms
         self.latest: dict[str, dict[str, tuple[int, float]]] = {}
         self.energy: dict[str, dict[str, Any]] = {}
@@ -91,12 +90,9 @@ class HotCache:
             windows = self._running[envelope.source] = PartitionWindows(
                 0, default_specs(self._grace_ms)
             )
-        offset = self._offsets.get(envelope.source, -1) + 1
-        self._offsets[envelope.source] = offset
-        windows.apply(batch, offset)  # samples late for the cache are left out of it
+        windows.apply(batch)  # samples late for the cache are left out of it
         windows.close_due()  # the final values come from metrics.aggregates
-        windows.dirty.clear()
-        windows.forget_closed()
+        windows.take_dirty()
 
     def add_energy(self, envelope: MetricEnvelope) -> None:
         if envelope.energy_visual is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,6 +48,12 @@ class SecondMeans:
         self.total += value
         self.count += 1
         return finished
+
+    def to_json(self) -> list[Any]:
+        return [self.second, self.total, self.count]
+
+    def restore(self, data: list[Any]) -> None:
+        self.second, self.total, self.count = data[0], float(data[1]), int(data[2])
 
 
 @dataclass
@@ -87,6 +93,13 @@ class Degradation:
         self.history.append(mean)
         return verdict
 
+    def to_json(self) -> list[float]:
+        return list(self.history)
+
+    def restore(self, history: list[float]) -> None:
+        self.history.clear()
+        self.history.extend(float(v) for v in history)
+
 
 @dataclass
 class Jank:
@@ -122,3 +135,10 @@ class Jank:
             "budget_ms": self.budget_ms,
             "min_share": self.min_share,
         }
+
+    def to_json(self) -> list[list[int]]:
+        return [[t, int(late)] for t, late in self.frames]
+
+    def restore(self, frames: list[list[int]]) -> None:
+        self.frames = deque((int(t), bool(late)) for t, late in frames)
+        self.over = sum(late for _, late in self.frames)

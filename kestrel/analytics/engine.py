@@ -10,8 +10,11 @@ verdicts into alerts: the first violation starts the alert, and holding again fo
 rule's ``clear_after_s`` (1 s by default, event time) ends it, so a flickering
 condition is one alert, not one per frame. A verdict that settles an obligation (the
 response of "followed by" came, the release of "until") ends it at once. Active
-alerts live in a mapping the caller provides (a Faust table in the worker), so a
-restarted worker can still end them.
+alerts live in a mapping the caller provides. Everything a source's checks remember
+(pending deadlines, baselines, recent means, jank frames, active alerts) comes out of
+:meth:`AnalyticsEngine.dump` and goes back with :meth:`AnalyticsEngine.load`, so the
+analytics worker persists it with the state protocol and a restart or a rebalance
+decides exactly as an uninterrupted worker would.
 """
 
 from __future__ import annotations
@@ -98,6 +101,17 @@ class AlertTracker:
             }
         )
 
+    def dump(self, source: str) -> dict[str, Any]:
+        """The source's active alerts and their last violations."""
+        active = {aid: alert for aid, alert in self.active.items() if alert["source"] == source}
+        bad = {aid: list(self._last_bad[aid]) for aid in active if aid in self._last_bad}
+        return {"active": active, "bad": bad}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.active.update(data["active"])
+        for aid, (t_ms, count) in data["bad"].items():
+            self._last_bad[aid] = (int(t_ms), int(count))
+
 
 @dataclass
 class _FieldSeconds:
@@ -123,6 +137,8 @@ class AnalyticsEngine:
         self.tracker = AlertTracker(active)
         self.sources: dict[str, _SourceState] = {}
         self.patterns = config.patterns.all_shapes
+        #: Sources whose state changed since the caller last cleared this.
+        self.dirty: set[str] = set()
 
     def observe(
         self,
@@ -132,6 +148,7 @@ class AnalyticsEngine:
     ) -> list[Alert]:
         """Feed one message's samples (columns, in timestamp order); alerts to publish."""
         state = self.sources.get(source) or self._new_source(source)
+        self.dirty.add(source)
         alerts: list[Alert] = []
         names = list(data)
         for i, t_ms in enumerate(timestamps):
@@ -208,6 +225,48 @@ class AnalyticsEngine:
             verdict = Verdict(not matched, name, float(values[-1]), evidence)
             self._track(alerts, check, source, end_ms, verdict, span)
 
+    def dump(self, source: str) -> dict[str, Any] | None:
+        """Everything the source's checks remember, as JSON; None for an unseen source."""
+        state = self.sources.get(source)
+        if state is None:
+            return None
+        return {
+            "monitors": {_rule_key(check): monitor.state() for check, monitor in state.monitors},
+            "jank": {_rule_key(check): jank.to_json() for check, _, jank in state.jank},
+            "seconds": {
+                name: {
+                    "means": seconds.means.to_json(),
+                    "baseline": None
+                    if seconds.degradation is None
+                    else seconds.degradation[1].to_json(),
+                    "recent": None if seconds.recent is None else list(seconds.recent),
+                }
+                for name, seconds in state.seconds.items()
+            },
+            "alerts": self.tracker.dump(source),
+        }
+
+    def load(self, source: str, data: Mapping[str, Any]) -> None:
+        """Put back a source's state from :meth:`dump`; checks no longer in the rules
+        file are left out, new ones start afresh."""
+        state = self._new_source(source)
+        for check, monitor in state.monitors:
+            if (saved := data["monitors"].get(_rule_key(check))) is not None:
+                monitor.restore(saved)
+        for check, _, jank in state.jank:
+            if (frames := data["jank"].get(_rule_key(check))) is not None:
+                jank.restore(frames)
+        for name, seconds in state.seconds.items():
+            saved = data["seconds"].get(name)
+            if saved is None:
+                continue
+            seconds.means.restore(saved["means"])
+            if seconds.degradation is not None and saved["baseline"] is not None:
+                seconds.degradation[1].restore(saved["baseline"])
+            if seconds.recent is not None and saved["recent"] is not None:
+                seconds.recent.extend(float(v) for v in saved["recent"])
+        self.tracker.load(data["alerts"])
+
     def _new_source(self, source: str) -> _SourceState:
         config = self.config
         monitors = [
@@ -263,3 +322,8 @@ class AnalyticsEngine:
         state = _SourceState(monitors, jank, seconds)
         self.sources[source] = state
         return state
+
+
+def _rule_key(check: Check) -> str:
+    """A check's identity across restarts: its name and text (an edited rule starts afresh)."""
+    return f"{check.rule}|{check.text}"

@@ -121,9 +121,19 @@ class Monitor:
 
     kind = ""
     text = ""
+    #: The attributes that change as samples come: what a restart must get back.
+    state_fields: tuple[str, ...] = ()
 
     def step(self, t_ms: int, row: Row) -> Verdict | None:
         raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.state_fields}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        for name in self.state_fields:
+            if name in state:
+                setattr(self, name, state[name])
 
     def _verdict(
         self, ok: bool, cond: Condition, row: Row, settles: bool = False, **evidence: Any
@@ -150,6 +160,7 @@ class FollowedBy(Monitor):
     response: Condition
     within_ms: int
     kind = "followed_by"
+    state_fields = ("pending_since", "trigger_value")
     pending_since: int | None = None
     trigger_value: float | None = None
 
@@ -183,6 +194,7 @@ class Eventually(Monitor):
     cond: Condition
     within_ms: int
     kind = "eventually"
+    state_fields = ("last_held",)
     last_held: int | None = None
 
     def step(self, t_ms: int, row: Row) -> Verdict | None:
@@ -206,6 +218,7 @@ class Until(Monitor):
     release: Condition
     within_ms: int | None
     kind = "until"
+    state_fields = ("armed_since",)
     armed_since: int | None = None
 
     def step(self, t_ms: int, row: Row) -> Verdict | None:

@@ -4,13 +4,15 @@ A camera producer registers each camera it runs (its :class:`CameraConfig`, keye
 camera id) and deletes it (a tombstone) when the camera is removed, so the pipeline
 learns of cameras as they come and go. Workers read the whole topic at start, then
 follow it, in a thread of their own (:class:`CameraRegistry`); a frame from a camera
-the registry does not know goes to the dead letters.
+the registry does not know goes to the dead letters. A record that does not validate
+is skipped here (logged once); the stream workers' registry check dead-letters it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -43,11 +45,25 @@ class CameraRegistry:
         self.error: BaseException | None = None
         self._changed = threading.Condition()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="camera-registry", daemon=True)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.skipped = 0
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Start following; return once the topic has been read to its end."""
-        self._thread.start()
+        """Follow the topic; return once it has been read to its end. Idempotent.
+
+        Safe to call at every start of an agent that Faust restarts: a running
+        follower is kept, a failed one is replaced by a fresh thread.
+        """
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self.loaded.clear()
+                self._stop.clear()
+                self.error = None
+                self._thread = threading.Thread(
+                    target=self._run, name="camera-registry", daemon=True
+                )
+                self._thread.start()
         if not self.loaded.wait(timeout_s):
             raise TimeoutError(f"camera registry not loaded within {timeout_s:g} s")
         if self.error is not None:
@@ -55,7 +71,8 @@ class CameraRegistry:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread is not None:
+            self._thread.join(10)
 
     def get(self, camera_id: str) -> CameraConfig | None:
         return self.cameras.get(camera_id)
@@ -92,9 +109,7 @@ class CameraRegistry:
             }
         )
         try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            if not partitions:
-                raise RuntimeError(f"camera registry topic {topic} has no partitions")
+            partitions = _partitions(consumer, topic)
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             at_end: set[int] = set()
             while not self._stop.is_set():
@@ -123,6 +138,7 @@ class CameraRegistry:
         try:
             config = CameraConfig.model_validate_json(value)
         except ValueError as exc:
+            self.skipped += 1
             log.warning("camera registry: skipping a bad config for %r: %s", camera_id, exc)
             return
         if camera_id not in self.cameras:
@@ -130,3 +146,17 @@ class CameraRegistry:
         with self._changed:
             self.cameras[camera_id] = config
             self._changed.notify_all()
+
+
+def _partitions(consumer: Consumer, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """The topic's partitions, once its metadata has them (just created: not at once)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is not None and metadata.error is None and metadata.partitions:
+            return sorted(metadata.partitions)
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"camera registry topic {topic} has no partitions after {timeout_s:g} s"
+            )
+        time.sleep(0.2)  # metadata of a topic created a moment ago: ask again

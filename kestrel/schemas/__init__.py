@@ -6,6 +6,7 @@ from kestrel.schemas.metrics import (
     MetricEnvelope,
     SampleColumns,
     WindowAggregate,
+    check_event_time,
     parse_envelope,
     topic_suffix_for,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "MetricEnvelope",
     "SampleColumns",
     "WindowAggregate",
+    "check_event_time",
     "parse_envelope",
     "topic_suffix_for",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kestrel.schemas.alerts import Alert
-from kestrel.schemas.camera import CameraConfig, CameraResult, FrameDetections
+from kestrel.schemas.camera import CameraConfig, CameraResult, FrameDetections, FrameDropped
 from kestrel.schemas.metrics import LateSamples, MetricEnvelope, WindowAggregate
 
 HERE = Path(__file__).parent
@@ -21,6 +21,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "camera_config.json": CameraConfig,
     "camera_result.json": CameraResult,
     "frame_detections.json": FrameDetections,
+    "frame_dropped.json": FrameDropped,
 }
 
 

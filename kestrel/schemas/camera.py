@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Point = Annotated[list[float], Field(min_length=2, max_length=2)]
-BoxList = Annotated[list[float], Field(min_length=4, max_length=4, description="x1, y1, x2, y2")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Point = Annotated[list[Finite], Field(min_length=2, max_length=2)]
+BoxList = Annotated[list[Finite], Field(min_length=4, max_length=4, description="x1, y1, x2, y2")]
+MAX_DETECTIONS = 1_000
 
 
 class Zone(BaseModel):
@@ -44,8 +46,8 @@ class CameraConfig(BaseModel):
 
 
 class Detection(BaseModel):
-    label: str
-    score: float
+    label: str = Field(min_length=1, max_length=100)
+    score: Finite = Field(ge=0, le=1)
     box: BoxList
 
 
@@ -55,10 +57,13 @@ class FrameDetections(BaseModel):
     camera_id: str
     frame_id: str
     seq: int
-    capture_ts_ns: int
+    capture_ts_ns: int = Field(gt=0)
     width: int
     height: int
-    detections: list[Detection]
+    detections: list[Detection] = Field(max_length=MAX_DETECTIONS)
+    dropped: Literal["backpressure", "expired"] | None = Field(
+        default=None, description="Set when the frame was never detected: why (no detections then)."
+    )
     model: str
     provider: str
     batch_size: int
@@ -120,6 +125,23 @@ class ResultData(BaseModel):
     metadata: ResultMetadata
     processing_time: float = Field(description="Seconds from capture to this result.")
     stream_key: str
+
+
+class FrameDropped(BaseModel):
+    """A frame that got no result, on ``camera.results``: which, and why.
+
+    ``backpressure``: its camera's queue in the inference worker was full and it was
+    the oldest; ``expired``: it waited longer than ``KESTREL_FRAME_MAX_AGE_S``.
+    """
+
+    camera_id: str
+    message_key: str
+    frame_id: str
+    input_stream: str = Field(description="The topic the frame came in on.")
+    kind: Literal["frame_dropped"] = "frame_dropped"
+    reason: Literal["backpressure", "expired"]
+    capture_ts_ns: int
+    seq: int
 
 
 class CameraResult(BaseModel):

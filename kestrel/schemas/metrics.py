@@ -17,11 +17,22 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from kestrel.errors import InvalidMessage
 
 SOURCE_PATTERN = r"^(system|ui|model:[A-Za-z0-9._/-]{1,100}|camera:[A-Za-z0-9._-]{1,64})$"
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+#: The largest magnitude a sample may have. Finite, and small enough that a window's
+#: sum cannot overflow a double: a window holds at most a few million samples.
+MAX_MAGNITUDE = 1e300
+#: Fields and samples one message may carry; more is a producer's bug, not telemetry.
+MAX_FIELDS = 256
+MAX_SAMPLES = 10_000
+Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+#: Epoch milliseconds: positive, and exact in a double (JSON readers in other languages).
+EpochMs = Annotated[int, Field(gt=0, lt=2**53)]
 
 #: Which collector topic each kind of source publishes to.
 SOURCE_TOPICS = {
@@ -63,8 +74,8 @@ class SampleColumns(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    timestamp: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
-    data: dict[FieldName, list[float | None]]
+    timestamp: list[EpochMs] = Field(min_length=1, max_length=MAX_SAMPLES)
+    data: dict[FieldName, list[Value | None]] = Field(max_length=MAX_FIELDS)
 
     @model_validator(mode="after")
     def _rectangular_and_ordered(self) -> Self:
@@ -88,17 +99,31 @@ class MetricEnvelope(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    timestamp: int = Field(gt=0, description="Event time, epoch milliseconds.")
+    timestamp: EpochMs = Field(description="Event time, epoch milliseconds.")
     source: str = Field(
         pattern=SOURCE_PATTERN, description='"system", "ui", "model:<name>" or "camera:<id>".'
     )
     type: Literal["metrics", "performance"]
-    data: dict[FieldName, float | None] = Field(description="Field to value; null if unknown.")
+    data: dict[FieldName, Value | None] = Field(
+        max_length=MAX_FIELDS, description="Field to value; null if unknown."
+    )
     samples: SampleColumns | None = Field(None, description="Every sample of the interval.")
     window: str | None = Field(None, description='Pre-aggregated window, e.g. "10s_avg".')
     frame_budget_used_ms: float | None = None
     energy_visual: EnergyVisual | None = None
     alerts: UxAlerts | None = None
+
+    @model_validator(mode="after")
+    def _carries_a_field(self) -> Self:
+        fields = self.data if self.samples is None else self.samples.data
+        if not fields:
+            raise PydanticCustomError("empty_data", "the message carries no field")
+        return self
+
+    @property
+    def newest_ms(self) -> int:
+        """The latest event time the message carries."""
+        return self.timestamp if self.samples is None else self.samples.timestamp[-1]
 
 
 class WindowAggregate(BaseModel):
@@ -141,7 +166,12 @@ class LateSamples(BaseModel):
     offset: int
 
 
-_REASONS = {"json_invalid": "bad_json", "missing": "missing_field"}
+_REASONS = {
+    "json_invalid": "bad_json",
+    "missing": "missing_field",
+    "empty_data": "empty_data",
+    "too_long": "oversize",
+}
 
 
 def parse_envelope(raw: bytes) -> MetricEnvelope:
@@ -153,3 +183,18 @@ def parse_envelope(raw: bytes) -> MetricEnvelope:
         reason = _REASONS.get(first["type"], "invalid_field")
         where = ".".join(str(p) for p in first["loc"]) or "message"
         raise InvalidMessage(reason, f"{where}: {first['msg']}") from None
+
+
+def check_event_time(envelope: MetricEnvelope, now_ms: int, max_future_ms: int) -> None:
+    """Refuse samples stamped further ahead of the wall clock than ``max_future_ms``.
+
+    Stream time only moves forward: one sample from the year 3000 would close every
+    window of its partition for good and make every later sample late.
+    """
+    ahead = envelope.newest_ms - now_ms
+    if ahead > max_future_ms:
+        raise InvalidMessage(
+            "future_timestamp",
+            f"timestamp {envelope.newest_ms} is {ahead / 1000:.0f} s ahead of this worker's "
+            f"clock (KESTREL_MAX_FUTURE_S={max_future_ms / 1000:g}); check the collector's clock",
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,7 +116,8 @@ def test_synthetic_cameras_flow_to_results_that_match_the_schema(
 
 
 def frame(camera_id: str, seq: int, jpeg: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    headers = FrameHeaders.make(camera_id, 1_700_000_000_000_000_000 + seq, seq, 640, 480)
+    # Captured now: a frame older than KESTREL_FRAME_MAX_AGE_S is dropped as expired.
+    headers = FrameHeaders.make(camera_id, time.time_ns() + seq, seq, 640, 480)
     return jpeg, headers.encode()
 
 

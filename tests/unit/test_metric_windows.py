@@ -1,25 +1,24 @@
-"""Keys and published form of the persisted window state, without a broker."""
+"""The telemetry stage's partition state and its changelog records, without a broker."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from tables.metric_windows import (
-    marker_key,
-    parse_state_key,
-    state_key,
-    to_aggregate,
-)
-from tables.windows import WindowKey, WindowState
+from kestrel.state import Restored
+from tables.metric_windows import TelemetryPartition, to_aggregate
+from tables.windows import SampleBatch, WindowKey, WindowState, default_specs
+
+SPECS = default_specs(1_000)
 
 
-def test_state_keys_round_trip_and_start_with_their_partition() -> None:
-    key = WindowKey("model:llama7b", "ttft_ms", "10s", 1_700_000_000_000)
-    raw = state_key(3, key)
-    assert raw == "3|10s|1700000000000|model:llama7b|ttft_ms"
-    assert parse_state_key(raw) == key
-    assert parse_state_key(marker_key(3, "metrics.model")) is None
-    assert marker_key(11, "metrics.ui").startswith("11|")
+def batch(source: str, ts: list[int], values: list[float]) -> SampleBatch:
+    return SampleBatch(
+        source, np.array(ts, dtype=np.int64), {"x": np.array(values, dtype=np.float64)}
+    )
+
+
+def restored(records: dict[bytes, bytes]) -> Restored:
+    return Restored(3, records, {}, {}, 0, len(records), 0.0)
 
 
 def test_a_closed_window_is_published_with_every_statistic() -> None:
@@ -31,3 +30,36 @@ def test_a_closed_window_is_published_with_every_statistic() -> None:
     assert (aggregate.count, aggregate.sum, aggregate.mean) == (3, 7.0, 7.0 / 3)
     assert (aggregate.min, aggregate.max, aggregate.last) == (1.0, 4.0, 1.0)
     assert aggregate.p50 is not None and abs(aggregate.p50 - 2.0) <= 0.02
+
+
+def test_the_changelog_records_rebuild_the_same_partition() -> None:
+    part = TelemetryPartition(3, SPECS, 60)
+    model = part.topic("metrics.model")
+    assert model.admit("model:a", [1_000, 1_100])
+    model.windows.apply(batch("model:a", [1_000, 1_100], [1.0, 2.0]))
+    records = dict(part.changes())
+    assert set(records) == {b"s|metrics.model|model:a", b"t|metrics.model"}
+    assert list(part.changes()) == [], "nothing changed since"
+
+    again = TelemetryPartition.restore(restored(records), SPECS, 60)  # type: ignore[arg-type]
+    topic = again.topic("metrics.model")
+    assert topic.windows.stream_time_ms == 1_100
+    state = topic.windows.window(WindowKey("model:a", "x", "10s", 0))
+    assert state is not None and (state.count, state.total) == (2, 3.0)
+    # The rate counts came back too: a replay decides as the first run did.
+    assert topic.limiter.counts("model:a") == {1: 2}
+
+
+def test_a_source_whose_windows_all_closed_becomes_a_tombstone() -> None:
+    part = TelemetryPartition(0, SPECS, 60)
+    topic = part.topic("metrics.ui")
+    topic.windows.apply(batch("ui", [1_000], [1.0]))
+    list(part.changes())
+    topic.windows.apply(batch("ui", [10_000_000], [1.0]))  # every window of 1 s closes
+    closed = list(part.close_due())
+    assert {c.key.window for c in closed} == {"1s", "10s", "5m"}
+    records = dict(part.changes())
+    assert records[b"s|metrics.ui|ui"] is not None  # the new sample's windows remain
+    topic.windows.stream_time_ms = 20_000_000
+    list(part.close_due())
+    assert dict(part.changes())[b"s|metrics.ui|ui"] is None

@@ -1,10 +1,11 @@
-"""Window semantics without a broker: boundaries, grace, lateness, replays."""
+"""Window semantics without a broker: boundaries, grace, lateness, the changelog form."""
 
 from __future__ import annotations
 
 import numpy as np
+import orjson
 
-from tables.windows import PartitionWindows, SampleBatch, WindowKey, WindowSpec, WindowState
+from tables.windows import PartitionWindows, SampleBatch, WindowKey, WindowSpec
 
 ONE_S = (WindowSpec("1s", 1_000, 500),)
 
@@ -25,27 +26,27 @@ def closed(windows: PartitionWindows) -> dict[tuple[str, int], tuple[int, float]
 
 def test_samples_fall_in_half_open_windows() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(999, 1.0), (1000, 2.0), (1999, 4.0), (2000, 8.0)]), offset=0)
-    w.apply(batch("ui", [(10_000, 0.0)]), offset=1)  # stream time passes every window
+    w.apply(batch("ui", [(999, 1.0), (1000, 2.0), (1999, 4.0), (2000, 8.0)]))
+    w.apply(batch("ui", [(10_000, 0.0)]))  # stream time passes every window
     assert closed(w) == {("1s", 0): (1, 1.0), ("1s", 1000): (2, 6.0), ("1s", 2000): (1, 8.0)}
 
 
 def test_a_window_closes_exactly_at_end_plus_grace_of_stream_time() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(100, 1.0)]), offset=0)
-    w.apply(batch("ui", [(1499, 1.0)]), offset=1)  # end 1000 + grace 500 not reached
+    w.apply(batch("ui", [(100, 1.0)]))
+    w.apply(batch("ui", [(1499, 1.0)]))  # end 1000 + grace 500 not reached
     assert closed(w) == {}
-    w.apply(batch("ui", [(1500, 1.0)]), offset=2)
+    w.apply(batch("ui", [(1500, 1.0)]))
     assert closed(w) == {("1s", 0): (1, 1.0)}
     assert closed(w) == {}, "a window closes once"
 
 
 def test_within_grace_counts_after_grace_is_late() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(100, 1.0), (1400, 1.0)]), offset=0)
-    assert w.apply(batch("ui", [(900, 2.0)]), offset=1) == []  # out of order, in grace
-    w.apply(batch("ui", [(1600, 1.0)]), offset=2)
-    late = w.apply(batch("ui", [(950, 5.0), (1700, 1.0)]), offset=3)
+    w.apply(batch("ui", [(100, 1.0), (1400, 1.0)]))
+    assert w.apply(batch("ui", [(900, 2.0)])) == []  # out of order, in grace
+    w.apply(batch("ui", [(1600, 1.0)]))
+    late = w.apply(batch("ui", [(950, 5.0), (1700, 1.0)]))
     assert [(s.window, s.window_start_ms, s.timestamps, s.fields) for s in late] == [
         ("1s", 0, [950], {"x": [5.0]})
     ]
@@ -56,17 +57,18 @@ def test_within_grace_counts_after_grace_is_late() -> None:
 def test_lateness_is_judged_per_window_size() -> None:
     specs = (WindowSpec("1s", 1_000, 0), WindowSpec("10s", 10_000, 0))
     w = PartitionWindows(0, specs)
-    w.apply(batch("ui", [(5_000, 1.0)]), offset=0)
-    late = w.apply(batch("ui", [(3_000, 2.0)]), offset=1)
+    w.apply(batch("ui", [(5_000, 1.0)]))
+    late = w.apply(batch("ui", [(3_000, 2.0)]))
     assert [s.window for s in late] == ["1s"]  # still on time for its 10 s window
-    ten = w.windows[WindowKey("ui", "x", "10s", 0)]
-    assert (ten.count, ten.total) == (2, 3.0)
+    ten = w.window(WindowKey("ui", "x", "10s", 0))
+    assert ten is not None and (ten.count, ten.total) == (2, 3.0)
 
 
 def test_nulls_are_not_counted() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(1, 2.0), (2, None), (3, 4.0)]), offset=0)
-    state = w.windows[WindowKey("ui", "x", "1s", 0)]
+    w.apply(batch("ui", [(1, 2.0), (2, None), (3, 4.0)]))
+    state = w.window(WindowKey("ui", "x", "1s", 0))
+    assert state is not None
     assert state.stats() | {"p50": None, "p95": None, "p99": None} == {
         "count": 2,
         "sum": 6.0,
@@ -80,40 +82,47 @@ def test_nulls_are_not_counted() -> None:
     }
 
 
-def test_a_replayed_message_is_not_counted_twice() -> None:
-    w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(100, 1.0)]), offset=7)
-    w.apply(batch("ui", [(200, 1.0)]), offset=7)  # the same offset again, as after a crash
-    assert w.windows[WindowKey("ui", "x", "1s", 0)].count == 1
-
-
 def test_state_survives_the_changelog_round_trip() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(100, 1.0), (300, -2.5)]), offset=2)
-    w.apply(batch("ui", [(200, 9.0)]), offset=3)  # arrives last, happened earlier
+    w.apply(batch("ui", [(100, 1.0), (300, -2.5)]))
+    w.apply(batch("ui", [(200, 9.0)]))  # arrives last, happened earlier
     key = WindowKey("ui", "x", "1s", 0)
-    again = WindowState.from_json(w.windows[key].to_json())
-    assert again.stats() == w.windows[key].stats()
-    assert again.stats()["last"] == -2.5  # by timestamp, not by arrival
-    assert (again.offset, again.closed) == (3, False)
+    data = w.source_json("ui")
+    assert data is not None
+    again = PartitionWindows(0, ONE_S)
+    again.restore_source("ui", orjson.loads(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)))
+    restored, original = again.window(key), w.window(key)
+    assert restored is not None and original is not None
+    assert restored.stats() == original.stats()
+    assert restored.stats()["last"] == -2.5  # by timestamp, not by arrival
 
 
 def test_rows_out_of_order_within_a_batch_are_windowed_correctly() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(1_200, 4.0), (100, 1.0), (1_100, 2.0), (300, 8.0)]), offset=0)
-    first = w.windows[WindowKey("ui", "x", "1s", 0)]
-    second = w.windows[WindowKey("ui", "x", "1s", 1_000)]
+    w.apply(batch("ui", [(1_200, 4.0), (100, 1.0), (1_100, 2.0), (300, 8.0)]))
+    first = w.window(WindowKey("ui", "x", "1s", 0))
+    second = w.window(WindowKey("ui", "x", "1s", 1_000))
+    assert first is not None and second is not None
     assert (first.count, first.total, first.last) == (2, 9.0, 8.0)
     assert (second.count, second.total, second.last) == (2, 6.0, 4.0)
 
 
-def test_closed_windows_are_forgotten_once_persisted() -> None:
+def test_a_closed_window_leaves_the_state_and_later_samples_are_late() -> None:
     w = PartitionWindows(0, ONE_S)
-    w.apply(batch("ui", [(100, 1.0)]), offset=0)
-    w.apply(batch("ui", [(5_000, 1.0)]), offset=1)
-    assert len(w.close_due()) == 1
-    assert w.forget_closed() == [], "not before its closed state is written"
-    w.dirty.clear()  # the flush wrote it
-    assert w.forget_closed() == [WindowKey("ui", "x", "1s", 0)]
-    late = w.apply(batch("ui", [(200, 1.0)]), offset=2)
+    w.apply(batch("ui", [(100, 1.0)]))
+    w.take_dirty()
+    w.apply(batch("ui", [(5_000, 1.0)]))
+    assert [c.key for c in w.close_due()] == [WindowKey("ui", "x", "1s", 0)]
+    assert w.window(WindowKey("ui", "x", "1s", 0)) is None
+    assert "ui" in w.take_dirty(), "the source's record must be rewritten without it"
+    late = w.apply(batch("ui", [(200, 1.0)]))
     assert [s.window_start_ms for s in late] == [0]
+
+
+def test_a_source_with_no_open_window_has_no_record() -> None:
+    w = PartitionWindows(0, ONE_S)
+    w.apply(batch("ui", [(100, 1.0)]))
+    w.apply(batch("system", [(9_000, 1.0)]))
+    w.close_due()
+    assert w.source_json("ui") is None
+    assert w.source_json("system") is not None
