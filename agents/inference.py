@@ -55,6 +55,7 @@ from kestrel.deadletter import DeadLetter
 from kestrel.errors import InvalidMessage, KestrelError
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import Detection, FrameDetections
+from kestrel.state import original_headers
 from kestrel.topics import CAMERA_DETECTIONS, CAMERA_FRAMES, DEADLETTER, ensure_topics, faust_topic
 from models import Detector, load_detector
 
@@ -214,9 +215,8 @@ class InferenceStage:
             STAGE,
             error,
         )
-        self.deliver(
-            deadletter_topic.get_topic_name(), message.value, message.key, event, letter.headers()
-        )
+        headers = original_headers(message.headers) + letter.headers()
+        self.deliver(deadletter_topic.get_topic_name(), message.value, message.key, event, headers)
         self.dead_letters[error.reason] = self.dead_letters.get(error.reason, 0) + 1
 
     def drop(self, frame: Frame, reason: str) -> None:

@@ -1,8 +1,8 @@
 """The dead-letter convention: the original message, untouched, plus why it failed.
 
 A message that a stage cannot process is published to ``<namespace>.deadletter``
-with its original key and value (nothing is re-encoded, so nothing is lost, JPEG
-bytes included) and these headers, as Kafka Connect's dead-letter queues do:
+with its original key, value and headers (nothing is re-encoded, so nothing is lost,
+JPEG bytes included) and these headers added, as Kafka Connect's dead-letter queues do:
 
 =====================  =========================================================
 ``kestrel.reason``     short code: ``bad_json``, ``missing_field`` ...
@@ -32,6 +32,10 @@ class DeadLetter:
     topic: str
     partition: int
     offset: int
+
+    @classmethod
+    def header_names(cls) -> set[str]:
+        return {HEADER_PREFIX + name for name in cls.__dataclass_fields__}
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [(HEADER_PREFIX + name, str(value).encode()) for name, value in vars(self).items()]

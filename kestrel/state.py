@@ -66,6 +66,7 @@ from kestrel.settings import Settings
 from kestrel.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
+CLIENT_LOG = logging.getLogger("kestrel.librdkafka")  # librdkafka's own lines
 
 MARKER_PREFIX = b"~offset|"
 TICK_S = 0.01  # how often the commit loop asks whether a task is due
@@ -91,6 +92,7 @@ class Message(Protocol):
     generation_id: int | None
     key: bytes | None
     value: bytes | None
+    headers: Any
 
 
 class Event(Protocol):
@@ -352,7 +354,12 @@ class StateStore(Generic[M]):
             self.name,
             error,
         )
-        task.send(self.deadletter, message.value, message.key, headers=letter.headers())
+        task.send(
+            self.deadletter,
+            message.value,
+            message.key,
+            headers=original_headers(message.headers) + letter.headers(),
+        )
         self.dead_letters[error.reason] = self.dead_letters.get(error.reason, 0) + 1
 
     async def task_for(self, event: Event) -> Task[M] | None:
@@ -527,7 +534,7 @@ class StateStore(Generic[M]):
                 "compression.type": "lz4",
                 "message.max.bytes": 9 * 1024 * 1024 + 64 * 1024,
             },
-            logger=log,
+            logger=CLIENT_LOG,
         )
         producer.init_transactions(RESTORE_TIMEOUT_S)
         return producer
@@ -545,7 +552,7 @@ class StateStore(Generic[M]):
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
             },
-            logger=log,
+            logger=CLIENT_LOG,
         )
         try:
             committed = {
@@ -573,6 +580,17 @@ class StateStore(Generic[M]):
         if self.tasks.get(task.partition) is task:
             del self.tasks[task.partition]
         await asyncio.get_running_loop().run_in_executor(None, _abandon, task.producer)
+
+
+def original_headers(headers: Any) -> list[tuple[str, bytes]]:
+    """A message's own headers (aiokafka: pairs; a dict elsewhere), minus Kestrel's
+    dead-letter ones, so that a dead letter carries them on as Kafka Connect's do."""
+    pairs = headers.items() if isinstance(headers, dict) else (headers or [])
+    return [
+        (name, value)
+        for name, value in pairs
+        if value is not None and name not in DeadLetter.header_names()
+    ]
 
 
 def _read_to(consumer: Consumer, topic: str, p: int, end: int) -> tuple[dict[bytes, bytes], int]:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import faust
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log lines (kestrel.logs counts them during an outage).
+CLIENT_LOG = logging.getLogger("kestrel.librdkafka")
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ def ensure_topics(
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers}, logger=log)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers}, logger=CLIENT_LOG)
     wanted = [
         NewTopic(
             spec.name(settings),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from kestrel.settings import Settings, child_environment
 
@@ -30,6 +30,11 @@ class FaustWorker:
         self._log_offset = 0
 
     def start(self, ready_timeout_s: float = 60.0) -> None:
+        self.launch()
+        self.wait_for_log(READY_LINE, ready_timeout_s)
+
+    def launch(self) -> None:
+        """Start the process; :meth:`wait_for_log` on ``READY_LINE`` to know it is up."""
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -40,7 +45,10 @@ class FaustWorker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_for_log(READY_LINE, ready_timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log_since_start(self) -> str:
         with self.log_path.open("rb") as f:
@@ -121,3 +129,39 @@ def read_until(
     finally:
         consumer.close()
     return messages
+
+
+def read_all(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Message]:
+    """Every committed record of ``topic``, from the start to its end offsets now."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends, empty = {}, set()
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            ends[p] = high
+            if low == high:
+                empty.add(p)
+        partitions = {p: m for p, m in partitions.items() if p not in empty}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # By position: a transaction's commit marker takes an offset no record has.
+            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+            if all(tp.offset >= ends[tp.partition] for tp in positions):
+                return messages
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: not read to its end within {timeout_s}s")
+            for msg in consumer.consume(1000, timeout=0.2):
+                if msg.error() is None:
+                    messages.append(msg)
+    finally:
+        consumer.close()

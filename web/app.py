@@ -280,6 +280,7 @@ class Dashboard:
                 "records": feed.records if feed else 0,
                 "skipped": feed.skipped if feed else 0,
                 "caught_up": feed.caught_up.is_set() if feed else False,
+                "failure": feed.failure if feed else None,
             },
             "frames_cached": len(self.frames),
             "websocket": self.hub.stats(),
@@ -375,8 +376,17 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         return FileResponse(STATIC / "index.html")
 
     async def healthz(request: Request) -> Response:
-        ready = dash.feed is None or dash.feed.caught_up.is_set()
-        return JSONResponse({"ok": ready}, status_code=200 if ready else 503)
+        feed = dash.feed
+        if feed is None:
+            return JSONResponse({"ok": True})
+        # Healthy: the backlog is read and the consumer still follows the topics; a
+        # feed that died would leave the page showing a frozen picture.
+        failure = feed.failure
+        ok = feed.caught_up.is_set() and failure is None
+        body: dict[str, object] = {"ok": ok, "caught_up": feed.caught_up.is_set()}
+        if failure is not None:
+            body["feed"] = failure
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     routes = [
         WebSocketRoute("/ws", dash.websocket),

@@ -157,6 +157,19 @@ class HotCacheFeed:
         else:
             self.records += 1
 
+    @property
+    def failure(self) -> str | None:
+        """Why the feed stopped following Kafka, or None while it follows."""
+        task = self._task
+        if task is None:
+            return "not started"
+        if not task.done():
+            return None
+        if task.cancelled():
+            return "stopped"
+        error = task.exception()
+        return f"{type(error).__name__}: {error}" if error is not None else "ended"
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -5,10 +5,13 @@ is reopened with exponential backoff, 0.5 s doubling to 30 s), and hands each fr
 to a process pool that encodes it as JPEG (``cv2.imencode`` would hold the capture
 thread, and the GIL-free share of it is small). The encoded bytes go to
 ``camera.frames`` as the raw value, keyed by camera id, with the frame's facts in
-headers (:mod:`kestrel.camera.frames`). When a camera's encodes fall behind (more
-than two in flight) its newest frame is skipped and counted, so memory stays
-bounded. A :class:`CameraFleet` registers each camera it starts in the registry and
-removes it when it stops, so cameras come and go while the pipeline runs.
+headers (:mod:`kestrel.camera.frames`), in capture order: encodes finish in any
+order, and a frame waits for the ones captured before it (a consumer of a camera's
+partition sees its frames in order, and tracking relies on it). When a camera's
+encodes fall behind (more than two in flight) its newest frame is skipped and
+counted, so memory stays bounded. A :class:`CameraFleet` registers each camera it
+starts in the registry and removes it when it stops, so cameras come and go while the
+pipeline runs.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class CameraRunner:
     _in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
+    #: Encoded frames waiting for an earlier one, by seq; the next seq to send.
+    _ready: dict[int, tuple[FrameHeaders, bytes | None, list[object]]] = field(default_factory=dict)
+    _next_seq: int = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -139,15 +145,22 @@ class CameraRunner:
         self, headers: FrameHeaders, truth: list[object]
     ) -> Callable[[Future[bytes]], None]:
         def done(future: Future[bytes]) -> None:
-            with self._lock:
-                self._in_flight -= 1
+            jpeg: bytes | None
             try:
                 jpeg = future.result()
             except Exception:  # a broken frame: log it, keep the camera running
                 log.exception("%s: encoding frame %d failed", self.config.camera_id, headers.seq)
-                return
-            self.send(self.config.camera_id, headers, jpeg, truth)
-            self.stats.sent += 1
+                jpeg = None
+            with self._lock:
+                self._in_flight -= 1
+                self._ready[headers.seq] = (headers, jpeg, truth)
+                # Send in capture order; the lock keeps two callbacks from interleaving.
+                while self._next_seq in self._ready:
+                    ready_headers, ready_jpeg, ready_truth = self._ready.pop(self._next_seq)
+                    self._next_seq += 1
+                    if ready_jpeg is not None:
+                        self.send(self.config.camera_id, ready_headers, ready_jpeg, ready_truth)
+                        self.stats.sent += 1
 
         return done
 

@@ -106,7 +106,8 @@ class CameraRegistry:
                 "group.id": f"{self.settings.namespace}-registry-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
-            }
+            },
+            logger=logging.getLogger("kestrel.librdkafka"),
         )
         try:
             partitions = _partitions(consumer, topic)

@@ -65,3 +65,34 @@ async def test_live_samples_reach_websocket_and_sse_subscribers(
                 assert event["payload"]["latest"]["ttft_ms"]["value"] == 180.0
     finally:
         server.stop()
+
+
+async def test_healthz_turns_unhealthy_when_the_feed_stops_following_kafka(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    settings = settings_for(kafka, tmp_path)
+    server = Server(create_app(settings, follow_kafka=True))
+    server.start()
+    url = f"http://127.0.0.1:{server.port}/healthz"
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(url)).json() == {"ok": True, "caught_up": True}
+            feed = server.dashboard.feed
+            assert feed is not None and feed._consumer is not None
+            # The consumer goes away under the feed, as when it hits an error it cannot
+            # get past: the page would freeze, and the probe must say so.
+            loop = server.dashboard.loop
+            task = feed._task
+            assert loop is not None and task is not None
+
+            async def stop_under_it() -> None:
+                assert feed._consumer is not None
+                await feed._consumer.stop()
+                await asyncio.wait([task], timeout=30)  # the feed notices and ends
+
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(stop_under_it(), loop))
+            response = await http.get(url)
+            assert response.status_code == 503
+            assert response.json()["ok"] is False and response.json()["feed"]
+    finally:
+        server.stop()

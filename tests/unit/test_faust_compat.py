@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-import pytest
+from collections import deque
 
-from kestrel.faust_compat import AutodiscoveryError, KestrelApp
+import pytest
+from faust.types import TP
+
+from kestrel.faust_compat import AutodiscoveryError, DeliveredOffsets, KestrelApp, committable
 
 
 def test_an_import_error_during_autodiscovery_stops_the_worker() -> None:
@@ -18,3 +21,25 @@ def test_the_worker_starts_no_web_server_whatever_the_cli_flag() -> None:
     app = KestrelApp("compat-web", broker="kafka://127.0.0.1:1")
     app.conf.web_enabled = True  # what `faust worker` does without --without-web
     assert app.boot_strategy._should_enable_web() is False
+
+
+def test_the_commit_offset_skips_offsets_no_message_was_delivered_at() -> None:
+    # A topic written in transactions: a commit marker after every record.
+    delivered = deque([0, 2, 4, 6, 8])
+    acked = {0, 2, 6}
+    assert committable(delivered, acked) == 3  # past 0 and 2; 4 is not acked yet
+    assert list(delivered) == [4, 6, 8]
+    acked |= {4, 8}
+    assert committable(delivered, acked) == 9
+    assert not delivered and not acked
+    assert committable(delivered, acked) is None  # nothing new: nothing to commit
+
+
+def test_offsets_delivered_again_after_a_seek_are_tracked_once() -> None:
+    sensor = DeliveredOffsets()
+    tp = TP("t", 0)
+    for offset in (10, 12, 14, 16):
+        sensor.on_message_in(tp, offset, None)  # type: ignore[arg-type]
+    for offset in (12, 14):  # the consumer was sought back to 12
+        sensor.on_message_in(tp, offset, None)  # type: ignore[arg-type]
+    assert list(sensor.by_tp[tp]) == [10, 12, 14]

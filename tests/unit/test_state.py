@@ -78,6 +78,7 @@ class Msg:
     topic: str = TOPIC
     partition: int = 0
     generation_id: int | None = 1
+    headers: Any = None
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tables.windows import PartitionWindows, SampleBatch, WindowKey, WindowSpec
+from tables.windows import PartitionWindows, SampleBatch, WindowKey, WindowSpec, WindowState
 
 ONE_S = (WindowSpec("1s", 1_000, 500),)
 
@@ -126,3 +130,90 @@ def test_a_source_with_no_open_window_has_no_record() -> None:
     w.close_due()
     assert w.source_json("ui") is None
     assert w.source_json("system") is not None
+
+
+# --- Properties: total over every finite input -------------------------------------------
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+extreme = st.sampled_from(
+    [0.0, -0.0, 5e-324, -5e-324, 1e-308, 1e308, -1e308, 1.7976931348623157e308]
+)
+values = st.one_of(finite, extreme, st.none())
+timestamps = st.integers(min_value=0, max_value=2**53 - 1)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> SampleBatch:
+    rows = draw(st.integers(min_value=0, max_value=30))
+    ts = draw(st.lists(timestamps, min_size=rows, max_size=rows))
+    names = draw(st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True))
+    fields = {
+        name: np.array(
+            [
+                np.nan if v is None else v
+                for v in draw(st.lists(values, min_size=rows, max_size=rows))
+            ],
+            dtype=np.float64,
+        )
+        for name in names
+    }
+    return SampleBatch(
+        draw(st.sampled_from(["ui", "system"])), np.array(ts, dtype=np.int64), fields
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(batches(), max_size=8))
+def test_any_finite_input_is_windowed_without_error_and_stats_stay_in_range(
+    stream: list[SampleBatch],
+) -> None:
+    specs = (WindowSpec("1s", 1_000, 0), WindowSpec("10s", 10_000, 500))
+    w = PartitionWindows(0, specs)
+    counted = 0
+    for b in stream:
+        late = w.apply(b)
+        counted += b.values * len(specs) - sum(
+            sum(v is not None for column in s.fields.values() for v in column) for s in late
+        )
+    closed = w.close_due()
+    open_now = w.open_windows()
+    states = [c.state for c in closed] + list(open_now.values())
+    assert sum(s.count for s in states) == counted, "every sample is counted once or is late"
+    for state in states:
+        stats = state.stats()
+        if state.count == 0:
+            continue
+        low, high = stats["min"], stats["max"]
+        for name in ("p50", "p95", "p99", "mean", "last"):
+            value = stats[name]
+            assert value is None or math.isnan(value) or low <= value <= high, (name, stats)
+        # The changelog form survives JSON, whatever the sum became.
+        blob = orjson.dumps(state.to_json(), option=orjson.OPT_NON_STR_KEYS)
+        again = WindowState.from_json(orjson.loads(blob))
+        assert again.count == state.count and again.minimum == state.minimum
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.floats(min_value=-1e300, max_value=1e300, allow_nan=False),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_within_the_accepted_range_a_window_sum_is_finite_and_its_mean_exact_enough(
+    numbers: list[float],
+) -> None:
+    state = WindowState()
+    state.add(np.array(numbers), np.arange(len(numbers), dtype=np.int64))
+    stats = state.stats()
+    assert math.isfinite(stats["sum"])
+    assert stats["min"] <= stats["mean"] <= stats["max"]
+
+
+def test_an_empty_batch_and_a_batch_of_nulls_change_nothing_but_stream_time() -> None:
+    w = PartitionWindows(0, ONE_S)
+    assert w.apply(SampleBatch("ui", np.array([], dtype=np.int64), {})) == []
+    assert w.apply(batch("ui", [(5_000, None)])) == []
+    assert w.stream_time_ms == 5_000
+    assert all(s.count == 0 for s in w.open_windows().values())
