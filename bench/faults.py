@@ -534,10 +534,6 @@ def caught_up(settings: Settings, group: str, specs: list[Any]) -> bool:
             for p in partitions:
                 last = last_record(consumer, topic, p)
                 if last is not None and committed.get(p, -1) <= last:
-                    print(
-                        f"      {group} {topic}[{p}] committed {committed.get(p)} last {last}",
-                        flush=True,
-                    )
                     return False
         return True
     finally:
