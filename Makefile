@@ -12,7 +12,7 @@ MODEL  := .kestrel/cache/models/ssdlite_person.onnx
 CONVERT_VENV := .venv-convert
 
 .PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
-        bench-telemetry bench-camera bench-web model chromium
+        bench-telemetry bench-camera bench-web bench-restore faults model chromium
 
 setup: $(STAMP) $(MODEL) chromium
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
@@ -82,6 +82,14 @@ bench-camera: setup
 
 bench-web: setup
 	$(BIN)/python -m bench.web $(BENCH_ARGS)
+
+bench-restore: setup
+	$(BIN)/python -m bench.restore $(BENCH_ARGS)
+
+# The fault matrix: every case RUNS times (default 20), a table of passes.
+RUNS ?= 20
+faults: setup
+	$(BIN)/python -m bench.faults --runs $(RUNS) $(CASES)
 
 broker: setup
 	$(BIN)/kestrel-broker run
