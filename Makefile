@@ -50,6 +50,14 @@ model: $(MODEL)
 demo: setup
 	$(BIN)/python -m kestrel.demo
 
+# The Quix Streams baseline pins older confluent-kafka and pydantic: its own virtualenv.
+QUIX_VENV := .venv-quix
+$(QUIX_VENV)/.installed:
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/python -m pip install --quiet 'quixstreams==3.28.1' numpy
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -60,19 +68,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -m "not integration"
 
-integration: setup
+# The integration suite runs a small bench-telemetry, Quix Streams baseline included.
+integration: setup $(QUIX_VENV)/.installed
 	$(BIN)/pytest -m integration
 
-test: setup lint typecheck
+test: setup $(QUIX_VENV)/.installed lint typecheck
 	$(BIN)/pytest
-
-# The Quix Streams baseline pins older confluent-kafka and pydantic: its own virtualenv.
-QUIX_VENV := .venv-quix
-$(QUIX_VENV)/.installed:
-	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
-	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(QUIX_VENV)/bin/python -m pip install --quiet 'quixstreams==3.28.1' numpy
-	touch $@
 
 bench-telemetry: setup $(QUIX_VENV)/.installed
 	$(BIN)/python -m bench.telemetry $(BENCH_ARGS)

@@ -127,11 +127,17 @@ Seen = list[tuple[int, float, str, dict[str, float]]]
 
 
 def collect(settings: Settings, stop_at: threading.Event, seen: Seen) -> None:
+    """Results as a downstream consumer sees them: committed ones, receipt time noted.
+
+    A ``frame_dropped`` record is a frame the pipeline dropped (its camera was behind):
+    it counts as dropped, not as a result.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
             "group.id": f"bench-results-{uuid.uuid4().hex[:6]}",
             "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
         }
     )
     consumer.subscribe([CAMERA_RESULTS.name(settings)])
@@ -142,6 +148,8 @@ def collect(settings: Settings, stop_at: threading.Event, seen: Seen) -> None:
                 continue
             received = time.time_ns()
             result = orjson.loads(msg.value() or b"")
+            if result.get("kind") != "camera_result":
+                continue
             capture = result["data"]["metadata"]["capture_ts_ns"]
             stages = result["data"]["metadata"]["stages_ms"]
             seen.append((capture, (received - capture) / 1e6, result["frame_id"], stages))
@@ -279,6 +287,7 @@ def main() -> int:
             "onnxruntime": onnxruntime.__version__,
             "provider": limit["provider"],
         },
+        "result_commit_ms": settings.result_commit_ms,
         "limit_fps": limit["fps"],
         "limit_frame_ms": limit["frame_ms"],
         "limit_batch": args.batch,

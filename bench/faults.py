@@ -191,6 +191,7 @@ class Pipeline:
     cameras: CameraFeed = field(init=False)
     rows: dict[str, list[Row]] = field(default_factory=dict)
     poison: list[tuple[str, int, int]] = field(default_factory=list)  # topic, partition, offset
+    noisy_logs_allowed: int | None = None  # when set: most WARNING/ERROR lines a worker logs
     _stream_logs: int = 0
 
     def __post_init__(self) -> None:
@@ -323,6 +324,19 @@ class Pipeline:
         dead = self.dead_workers()
         if dead:
             problems.append(f"workers died: {dead}")
+        if self.noisy_logs_allowed is not None:
+            for worker in [*self.streams, self.inference, self.analytics]:
+                assert worker is not None
+                text = worker.log_path.read_text(errors="replace")
+                noisy = [
+                    line
+                    for line in text.splitlines()
+                    if "] [ERROR] " in line or "] [WARNING] " in line
+                ]
+                if len(noisy) > self.noisy_logs_allowed:
+                    problems.append(
+                        f"{worker.log_path.name}: {len(noisy)} warnings and errors: {noisy[:3]}"
+                    )
         return problems
 
 
@@ -392,6 +406,12 @@ def case_broker_restart(p: Pipeline) -> None:
     p.broker.start(ready_timeout_s=90)
     p.produce_third(1)
     p.produce_third(2)
+    p.noisy_logs_allowed = MAX_OUTAGE_LOG_LINES
+
+
+#: WARNING and ERROR lines a worker may log over the whole broker-restart case: the
+#: outage's start and end, a few lines of the rebalance after it; not one per retry.
+MAX_OUTAGE_LOG_LINES = 12
 
 
 def case_poison(p: Pipeline) -> None:

@@ -2,8 +2,10 @@
 
 Starts the Kafka broker, creates the topics, then runs each role as its own
 process: the Faust stream and analytics workers, the system collector, and a tail of
-the windowed aggregates and the alerts. Prints what runs where. A child that dies
-takes the demo down with its log's tail; Ctrl-C (or SIGTERM) stops every child, and
+the windowed aggregates and the alerts. Prints what runs where. A role that exits is
+started again, as a process supervisor would (kill a worker and watch it come back:
+it restores its state and resumes exactly); one that exits five times within a minute
+takes the demo down with its log's tail. Ctrl-C (or SIGTERM) stops every child, and
 children also get SIGTERM from the kernel if this supervisor itself is killed, so
 nothing is left behind.
 """
@@ -14,6 +16,8 @@ import contextlib
 import logging
 import subprocess
 import sys
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from kestrel.settings import Settings, child_environment, get_settings
 from kestrel.topics import ensure_topics
 
 log = logging.getLogger("kestrel.demo")
+CRASH_LOOP = (5, 60.0)  # this many exits within this many seconds: give up
 
 
 @dataclass
@@ -33,6 +38,7 @@ class Child:
     argv: list[str]
     log_path: Path | None  # None: its output goes to this terminal
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    exits: deque[float] = field(default_factory=lambda: deque(maxlen=CRASH_LOOP[0]))
 
     def start(self, env: dict[str, str]) -> None:
         out = self.log_path.open("ab") if self.log_path else None
@@ -140,10 +146,19 @@ def run(settings: Settings) -> int:
             flush=True,
         )
         failed: Child | None = None
-        while not stop.wait(0.5):
-            failed = next((c for c in children if c.proc and c.proc.poll() is not None), None)
-            if failed:
-                break
+        while failed is None and not stop.wait(0.5):
+            for child in children:
+                if child.proc is None or child.proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                child.exits.append(now)
+                if len(child.exits) == CRASH_LOOP[0] and now - child.exits[0] < CRASH_LOOP[1]:
+                    failed = child
+                    break
+                code = child.proc.returncode
+                where = f"; its log: {child.log_path}" if child.log_path else ""
+                print(f"{child.role} exited with {code}; starting it again{where}", flush=True)
+                child.start(env)
         print("\nstopping ...", flush=True)
         for child in reversed(children):
             child.stop()

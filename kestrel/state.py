@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 CLIENT_LOG = logging.getLogger("kestrel.librdkafka")  # librdkafka's own lines
 
 MARKER_PREFIX = b"~offset|"
-TICK_S = 0.01  # how often the commit loop asks whether a task is due
 RESTORE_TIMEOUT_S = 120.0
 COMMIT_TIMEOUT_S = 30.0
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
@@ -143,6 +142,10 @@ class Task(Generic[M]):
         self.held: list[Event] = []
         self.lock = asyncio.Lock()
         self.sent = 0  # records in the open transaction
+        self.committing = False  # a commit is in flight: outputs wait in ``deferred``
+        self.deferred: list[tuple[str, bytes | None, bytes | None, dict[str, Any]]] = []
+        self.commit_lock = asyncio.Lock()  # one commit at a time
+        self.commit_seconds = 0.0  # how long the last commit took
         self.replayed = 0  # messages skipped as replays since the last commit
         self.last_commit = time.monotonic()
         self.commits = 0
@@ -159,6 +162,7 @@ class Task(Generic[M]):
         if message.offset > self.applied.get(message.topic, -1):
             self.applied[message.topic] = message.offset
         self.held.append(event)
+        self.store._work.set()
 
     def send(
         self,
@@ -170,7 +174,11 @@ class Task(Generic[M]):
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        """Queue one output in the task's open transaction."""
+        """Queue one output in the task's open transaction.
+
+        While a commit is in flight the producer takes nothing: the output waits here
+        and goes into the next transaction, with the message that caused it.
+        """
         kwargs: dict[str, Any] = {}
         if partition is not None:
             kwargs["partition"] = partition
@@ -178,6 +186,15 @@ class Task(Generic[M]):
             kwargs["timestamp"] = timestamp_ms
         if headers:
             kwargs["headers"] = headers
+        self.sent += 1
+        if self.committing:
+            self.deferred.append((topic, value, key, kwargs))
+        else:
+            self._produce(topic, value, key, kwargs)
+
+    def _produce(
+        self, topic: str, value: bytes | None, key: bytes | None, kwargs: dict[str, Any]
+    ) -> None:
         while True:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
@@ -186,11 +203,14 @@ class Task(Generic[M]):
                 self.producer.poll(0.05)  # the queue is full: let deliveries drain
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if error.fatal() or error.code() in _FENCED:
+                if error.code() in _FENCED:
                     self.store._fenced(self, exc)
                     raise Fenced(str(error)) from exc
+                if error.fatal():  # the producer is unusable: stop, never stall silently
+                    self.store._fenced(self, exc)
+                    self.store.fail(StateError(f"{self.store.name}[{self.partition}]: {error}"))
+                    raise Fenced(str(error)) from exc
                 raise
-        self.sent += 1
 
     def put(self, key: bytes, value: bytes | None) -> None:
         """Queue a state record (``None``: the key is done with) for the changelog."""
@@ -241,6 +261,8 @@ class StateStore(Generic[M]):
         self._generation = 0
         self._committer: asyncio.Task[None] | None = None
         self._retrying_since: float | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self._work = asyncio.Event()  # set when a task has something to commit
         self.stats: dict[str, Any] = {
             "commits": 0,
             "restores": 0,
@@ -257,11 +279,23 @@ class StateStore(Generic[M]):
         """Create the changelog (idempotent) and start the commit loop; call every start."""
         self.on_fatal = on_fatal
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, ensure_topics, self.settings, [self.changelog_spec])
+        await loop.run_in_executor(None, self._ensure_changelog)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(
                 self._commit_forever(), name=f"{self.name}-commit"
             )
+
+    def fail(self, error: BaseException) -> None:
+        """Stop the worker (from code that cannot await): a restart replays exactly."""
+        log.critical("%s: %s; stopping the worker", self.name, error)
+        if self.on_fatal is not None:
+            self._spawn(self.on_fatal(error))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` in the background, keeping a reference until it is done."""
+        future = asyncio.ensure_future(work)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
 
     def on_assigned(self, partitions: Iterable[tuple[str, int]], generation: int) -> None:
         """Faust assigned these topic partitions: restore the tasks of ours, in the background."""
@@ -271,9 +305,9 @@ class StateStore(Generic[M]):
         for p in sorted(mine):
             if p in self._restoring and not self._restoring[p].done():
                 continue
-            old = self.tasks.pop(p, None)
-            if old is not None:  # kept across the rebalance: fence whoever had it meanwhile
-                old.closed = True
+            old = self.tasks.get(p)
+            if old is not None:  # kept across the rebalance: restore anew, fencing whoever
+                self._spawn(self._close(old))  # had it meanwhile
             self._restoring[p] = asyncio.ensure_future(self._restore(p, generation))
 
     async def on_revoked(self, partitions: Iterable[tuple[str, int]]) -> None:
@@ -384,49 +418,67 @@ class StateStore(Generic[M]):
         return task
 
     async def commit(self, task: Task[M]) -> None:
-        """Persist the task's state and markers and commit its transaction; then ack."""
-        async with task.lock:
-            if task.closed or not task.pending():
-                return
-            self.persist(task)
-            for topic, offset in task.applied.items():
-                if offset != task.markers.get(topic):
-                    task.send(
-                        self.changelog,
-                        orjson.dumps({"o": offset}),
-                        marker_key(topic),
-                        partition=task.partition,
-                    )
+        """Persist the task's state and markers, commit its transaction, then ack.
+
+        Processing goes on while Kafka commits: the state and markers written are those
+        of the messages done when the commit began (its snapshot), and only those are
+        acked; what later messages send waits for the next transaction (Task.send).
+        """
+        async with task.commit_lock:
+            async with task.lock:
+                if task.closed or not task.pending():
+                    return
+                self.persist(task)
+                snapshot = dict(task.applied)
+                for topic, offset in snapshot.items():
+                    if offset != task.markers.get(topic):
+                        task.send(
+                            self.changelog,
+                            orjson.dumps({"o": offset}),
+                            marker_key(topic),
+                            partition=task.partition,
+                        )
+                held, task.held = task.held, []
+                replayed, task.replayed = task.replayed, 0
+                task.sent = 0
+                task.committing = True
             loop = asyncio.get_running_loop()
+            started = time.monotonic()
             try:
                 await loop.run_in_executor(None, self._commit_blocking, task)
             except Fenced as exc:
                 self._fenced(task, exc)
                 return
-            task.markers = dict(task.applied)
-            held, task.held = task.held, []
-            for event in held:
-                event.ack()
-            task.sent = 0
-            task.commits += 1
-            if task.replayed:
+            task.commit_seconds = time.monotonic() - started
+            async with task.lock:
+                task.committing = False
+                task.markers = snapshot
+                for event in held:
+                    event.ack()
+                task.producer.begin_transaction()
+                deferred, task.deferred = task.deferred, []
+                try:
+                    for topic, value, key, kwargs in deferred:
+                        task._produce(topic, value, key, kwargs)
+                except Fenced:
+                    return
+                task.commits += 1
+                task.last_commit = time.monotonic()
+            self.stats["commits"] += 1
+            if replayed:
                 log.info(
                     "%s[%d]: skipped %d replayed messages, at or below the markers",
                     self.name,
                     task.partition,
-                    task.replayed,
+                    replayed,
                 )
-                task.replayed = 0
-            task.last_commit = time.monotonic()
-            self.stats["commits"] += 1
             log.debug(
                 "%s[%d] committed: markers %s, %d messages acked",
                 self.name,
                 task.partition,
-                task.markers,
+                snapshot,
                 len(held),
             )
-            task.producer.begin_transaction()
 
     def _commit_blocking(self, task: Task[M]) -> None:
         """Commit, retrying while the broker is away; runs in a thread."""
@@ -476,13 +528,24 @@ class StateStore(Generic[M]):
             self._restoring.pop(task.partition, None)
 
     async def _commit_forever(self) -> None:
+        """Commit each task as soon as it has work and its interval since the last
+        commit has passed: a frame that comes after a quiet spell is committed at once,
+        a busy task at most once per interval."""
         try:
             while True:
-                await asyncio.sleep(min(TICK_S, self.interval_s))
+                pending = [t for t in self.tasks.values() if t.pending()]
+                if not pending:
+                    self._work.clear()
+                    await self._work.wait()
+                    continue
                 now = time.monotonic()
-                for task in list(self.tasks.values()):
-                    if task.pending() and now - task.last_commit >= self.interval_s:
-                        await self.commit(task)
+                due = [t for t in pending if now >= t.last_commit + self.interval_s]
+                if not due:
+                    next_at = min(t.last_commit + self.interval_s for t in pending)
+                    await asyncio.sleep(max(next_at - now, 0.001))
+                    continue
+                for task in due:
+                    await self.commit(task)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -524,6 +587,26 @@ class StateStore(Generic[M]):
             restored.committed,
         )
         return task
+
+    def _ensure_changelog(self) -> None:
+        """Create the changelog if missing; refuse one partitioned unlike the inputs."""
+        ensure_topics(self.settings, [self.changelog_spec])
+        consumer = Consumer(
+            {"bootstrap.servers": self.settings.bootstrap_servers, "group.id": self.app_id},
+            logger=CLIENT_LOG,
+        )
+        try:
+            found = consumer.list_topics(self.changelog, timeout=30).topics[self.changelog]
+            wanted = next(iter(self.partitions))
+            if found.partitions and len(found.partitions) != wanted:
+                raise StateError(
+                    f"{self.changelog} has {len(found.partitions)} partitions, its input "
+                    f"topics {wanted}: state of partition p must live in changelog partition "
+                    "p. Partition counts cannot change under a running deployment: start a "
+                    "new KESTREL_NAMESPACE, or recreate the changelog with the inputs' count."
+                )
+        finally:
+            consumer.close()
 
     def _fence_others(self, p: int) -> Producer:
         producer = Producer(

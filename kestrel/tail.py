@@ -18,6 +18,8 @@ def _brief(topic: str, value: bytes) -> str:
     if topic.endswith(".camera.results"):
         try:
             result = orjson.loads(value)
+            if result.get("kind") == "frame_dropped":
+                return f"{result['camera_id']} frame {result['seq']}: dropped ({result['reason']})"
             data = result["data"]
             summary = data["post_processing_result"]["agg_summary"]
             return (
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             "group.id": f"{settings.namespace}-tail-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest" if args.from_beginning else "latest",
             "enable.auto.commit": False,
+            # What Kestrel's transactions committed, as any downstream consumer should.
+            "isolation.level": "read_committed",
         }
     )
     consumer.subscribe([settings.topic(name) for name in args.topics])

@@ -2,7 +2,9 @@
 
     python scripts/consume_results.py --bootstrap 127.0.0.1:9092 --topic kestrel.camera.results
 
-Validates each result against the committed JSON Schema and prints one line per frame.
+Reads only committed records (Kestrel writes results in transactions), validates each
+record against its committed JSON Schema (a result, or a frame that was dropped) and
+prints one line per frame.
 Needs only ``confluent-kafka`` and ``jsonschema``: a consumer in another service or
 language follows the same steps with its own client.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import jsonschema
 from confluent_kafka import Consumer
 
-SCHEMA = Path(__file__).resolve().parent.parent / "kestrel" / "schemas" / "camera_result.json"
+SCHEMAS = Path(__file__).resolve().parent.parent / "kestrel" / "schemas"
 
 
 def main() -> int:
@@ -27,12 +29,16 @@ def main() -> int:
     parser.add_argument("--topic", default="kestrel.camera.results")
     parser.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
     args = parser.parse_args()
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    validators = {
+        kind: jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{kind}.json").read_text()))
+        for kind in ("camera_result", "frame_dropped")
+    }
     consumer = Consumer(
         {
             "bootstrap.servers": args.bootstrap,
             "group.id": f"results-example-{uuid.uuid4().hex[:6]}",
             "auto.offset.reset": "latest",
+            "isolation.level": "read_committed",
         }
     )
     consumer.subscribe([args.topic])
@@ -43,9 +49,18 @@ def main() -> int:
             if msg is None or msg.error() is not None:
                 continue
             result = json.loads(msg.value() or b"{}")
-            errors = sorted(validator.iter_errors(result), key=str)
+            validator = validators.get(result.get("kind"))
+            errors = (
+                ["unknown kind"]
+                if validator is None
+                else sorted((e.message for e in validator.iter_errors(result)), key=str)
+            )
             if errors:
-                print(f"invalid result at offset {msg.offset()}: {errors[0].message}")
+                print(f"invalid record at offset {msg.offset()}: {errors[0]}")
+                continue
+            seen += 1
+            if result["kind"] == "frame_dropped":
+                print(f"{result['camera_id']} {result['frame_id']}: dropped ({result['reason']})")
                 continue
             data = result["data"]
             summary = data["post_processing_result"]["agg_summary"]
@@ -54,7 +69,6 @@ def main() -> int:
                 f"{len(data['post_processing_result']['tracked_objects'])} tracked, "
                 f"{data['processing_time'] * 1000:.0f} ms after capture"
             )
-            seen += 1
     finally:
         consumer.close()
     return 0

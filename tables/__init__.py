@@ -7,12 +7,13 @@ connects a store to its Faust app's rebalances and shutdown.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faust
-from mode import BaseSignalT
+if TYPE_CHECKING:  # nothing heavy at import: the Quix Streams baseline imports tables.sketch
+    import faust
+    from mode import BaseSignalT
 
-from kestrel.state import StateStore
+    from kestrel.state import StateStore
 
 
 def bind(app: faust.App, store: StateStore[Any]) -> None:

@@ -1,4 +1,4 @@
-"""A multi-object tracker in the ByteTrack style, with state that fits in a table.
+"""A multi-object tracker in the ByteTrack style, with state that fits in one record.
 
 Per frame (:meth:`Tracker.match_and_update`):
 
@@ -12,8 +12,8 @@ Per frame (:meth:`Tracker.match_and_update`):
    detections start new tracks, *confirmed* (reported) after ``min_hits`` frames.
 
 No appearance model and no Kalman filter: IoU and velocity only. The state is a
-plain dict of lists (:meth:`to_json` / :meth:`from_json`), so it can live in a Faust
-table keyed by camera id and move with its partition.
+plain dict of lists (:meth:`to_json` / :meth:`from_json`), so it can live in the
+tracking stage's changelog keyed by camera id and move with its partition.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ written and fails as Kafka would.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,44 @@ def test_a_restore_refuses_state_that_ends_before_the_committed_offset(
     else:
         with pytest.raises(StateError, match="would be lost"):
             _verify("windows", restored)
+
+
+def test_processing_goes_on_during_a_commit_and_lands_in_the_next_one() -> None:
+    store = make_store()
+
+    class SlowCommit(FakeProducer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def commit_transaction(self, timeout: float) -> None:
+            self.entered.set()
+            assert self.release.wait(5)
+            super().commit_transaction(timeout)
+
+    producer = SlowCommit()
+    task = make_task(store, producer)
+
+    def apply(task: Task[list[int]], event: Any) -> None:
+        task.model.append(event.message.offset)
+        task.send("out", b"%d" % event.message.offset)
+
+    first, second = Ev(Msg(0)), Ev(Msg(1))
+
+    async def run() -> None:
+        await store.process(first, apply)
+        committing = asyncio.ensure_future(store.commit(task))
+        await asyncio.get_running_loop().run_in_executor(None, producer.entered.wait, 5)
+        await store.process(second, apply)  # while Kafka commits the first
+        assert not first.acked and task.deferred, "the second's output waits"
+        producer.release.set()
+        await committing
+        assert first.acked and not second.acked
+        assert task.markers == {TOPIC: 0}, "the first commit covers only its snapshot"
+        await store.commit(task)
+
+    asyncio.run(run())
+    assert second.acked and task.markers == {TOPIC: 1}
+    outputs = [[v for t, v, _, _ in commit if t == "out"] for commit in producer.committed]
+    assert outputs == [[b"0"], [b"1"]]

@@ -1,0 +1,33 @@
+"""``make bench-camera`` runs end to end, small: the limit and the pipeline, both phases.
+
+No timing threshold (the figures are for the README); this checks that the benchmark
+measures what it says: frames detected by the plain loop, results through Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kafka_helpers import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+
+
+def test_the_camera_benchmark_measures_both_phases_and_writes_its_json(tmp_path: Path) -> None:
+    output = tmp_path / "camera.json"
+    args = ["--cameras", "2", "--fps", "5", "--seconds", "6", "--warmup", "2"]
+    args += ["--latency-fps", "4", "--latency-cameras", "1"]
+    subprocess.run(
+        [sys.executable, "-m", "bench.camera", *args, "--output", str(output)],
+        cwd=REPO,
+        check=True,
+        timeout=380,
+    )
+    result = json.loads(output.read_text())
+    assert result["limit_fps"] > 0 and result["kestrel_fps"] > 0
+    assert result["latency_ms_p50"] > 0 and result["peak_rss_mb"] > 0

@@ -1,0 +1,38 @@
+"""``make bench-telemetry`` runs end to end, small: Kestrel, the limit and Quix Streams.
+
+No timing threshold (the figures are for the README, from a full run on a quiet
+machine); this checks that every consumer of the benchmark runs and is measured, the
+Quix Streams baseline in its own virtualenv included.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kafka_helpers import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def test_the_telemetry_benchmark_measures_every_consumer_and_writes_its_json(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "telemetry.json"
+    args = ["--sources", "20", "--seconds", "20", "--partitions", "2"]
+    args += ["--latency-sources", "2", "--latency-seconds", "15"]
+    subprocess.run(
+        [sys.executable, "-m", "bench.telemetry", *args, "--output", str(output)],
+        cwd=REPO,
+        check=True,
+        timeout=580,
+    )
+    result = json.loads(output.read_text())
+    for key in ("raw_samples_per_s", "kestrel_samples_per_s", "quix_samples_per_s"):
+        assert result[key] > 0, key
+    assert set(result["quix_variants"]) == {"agg", "one-aggregator"}
+    assert result["latency_ms_p50"] is not None and result["peak_rss_mb"] > 0
