@@ -219,8 +219,8 @@ class InferenceStage:
         self.deliver(deadletter_topic.get_topic_name(), message.value, message.key, event, headers)
         self.dead_letters[error.reason] = self.dead_letters.get(error.reason, 0) + 1
 
-    def drop(self, frame: Frame, reason: str) -> None:
-        """A frame that will not be detected: its record says so (see the module)."""
+    def publish(self, frame: Frame, **fields: Any) -> None:
+        """The frame's record on ``camera.detections`` (detections, or why there are none)."""
         assert self.detector is not None
         out = FrameDetections(
             camera_id=frame.camera_id,
@@ -229,21 +229,24 @@ class InferenceStage:
             capture_ts_ns=frame.headers.capture_ns,
             width=frame.headers.width,
             height=frame.headers.height,
-            detections=[],
-            dropped=reason,  # type: ignore[arg-type]
             model=self.detector.name,
             provider=self.detector.provider,
+            broker_in_ms=(frame.received_ns - frame.headers.capture_ns) / 1e6,
+            **fields,
+        )
+        topic = detections_topic.get_topic_name()
+        self.deliver(topic, out.model_dump_json().encode(), frame.camera_id.encode(), frame.event)
+
+    def drop(self, frame: Frame, reason: str) -> None:
+        """A frame that will not be detected: its record says so (see the module)."""
+        self.publish(
+            frame,
+            detections=[],
+            dropped=reason,
             batch_size=0,
             queue_ms=0.0,
             decode_ms=0.0,
             inference_ms=0.0,
-            broker_in_ms=(frame.received_ns - frame.headers.capture_ns) / 1e6,
-        )
-        self.deliver(
-            detections_topic.get_topic_name(),
-            out.model_dump_json().encode(),
-            frame.camera_id.encode(),
-            frame.event,
         )
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
@@ -313,33 +316,18 @@ class InferenceStage:
         detected = await self._detect(good)
         inference_ms = (time.monotonic() - infer_started) * 1000
         for w, found in detected:
-            frame = w.item
-            out = FrameDetections(
-                camera_id=frame.camera_id,
-                frame_id=frame.headers.frame_id,
-                seq=frame.headers.seq,
-                capture_ts_ns=frame.headers.capture_ns,
-                width=frame.headers.width,
-                height=frame.headers.height,
+            self.publish(
+                w.item,
                 detections=[
                     Detection(label=label, score=float(score), box=[float(v) for v in box])
                     for box, score, label in zip(
                         found.boxes, found.scores, found.labels, strict=True
                     )
                 ],
-                model=self.detector.name,
-                provider=self.detector.provider,
                 batch_size=len(good),
                 queue_ms=(started - w.arrived) * 1000,
                 decode_ms=decode_ms,
                 inference_ms=inference_ms,
-                broker_in_ms=(frame.received_ns - frame.headers.capture_ns) / 1e6,
-            )
-            self.deliver(
-                detections_topic.get_topic_name(),
-                out.model_dump_json().encode(),
-                frame.camera_id.encode(),
-                frame.event,
             )
         latency_ms = (time.monotonic() - started) * 1000
         self.frames += len(good)

@@ -341,12 +341,17 @@ class Pipeline:
 
 
 # --- Cases ------------------------------------------------------------------------------
+def begin(p: Pipeline, streams: int = 1) -> None:
+    """Workers up, cameras live, the first third of the samples in, progress seen."""
+    p.start(streams=streams)
+    p.cameras.start()
+    p.produce_third(0)
+    p.wait_progress()
+
+
 def case_kill(role: str) -> Callable[[Pipeline], None]:
     def run(p: Pipeline) -> None:
-        p.start()
-        p.cameras.start()
-        p.produce_third(0)
-        p.wait_progress()
+        begin(p)
         worker = {"stream": p.streams[0], "inference": p.inference, "analytics": p.analytics}[role]
         assert worker is not None
         worker.kill()  # SIGKILL: no commit, no goodbye
@@ -358,10 +363,7 @@ def case_kill(role: str) -> Callable[[Pipeline], None]:
 
 
 def case_join(p: Pipeline) -> None:
-    p.start(streams=1)
-    p.cameras.start()
-    p.produce_third(0)
-    p.wait_progress()
+    begin(p)
     joining = p.stream_worker()
     joining.start(ready_timeout_s=90)
     p.streams.append(joining)
@@ -370,10 +372,7 @@ def case_join(p: Pipeline) -> None:
 
 
 def case_leave(p: Pipeline) -> None:
-    p.start(streams=2)
-    p.cameras.start()
-    p.produce_third(0)
-    p.wait_progress()
+    begin(p, streams=2)
     p.streams[0].stop()  # SIGTERM: a clean leave
     p.streams = p.streams[1:]
     p.produce_third(1)
@@ -381,10 +380,7 @@ def case_leave(p: Pipeline) -> None:
 
 
 def case_join_leave(p: Pipeline) -> None:
-    p.start(streams=1)
-    p.cameras.start()
-    p.produce_third(0)
-    p.wait_progress()
+    begin(p)
     joining = p.stream_worker()
     joining.launch()
     first = p.streams[0]
@@ -397,10 +393,7 @@ def case_join_leave(p: Pipeline) -> None:
 
 
 def case_broker_restart(p: Pipeline) -> None:
-    p.start()
-    p.cameras.start()
-    p.produce_third(0)
-    p.wait_progress()
+    begin(p)
     p.broker.stop()
     time.sleep(5)  # the fault itself: the broker is away for 5 s
     p.broker.start(ready_timeout_s=90)
@@ -415,10 +408,7 @@ MAX_OUTAGE_LOG_LINES = 12
 
 
 def case_poison(p: Pipeline) -> None:
-    p.start()
-    p.cameras.start()
-    p.produce_third(0)
-    p.wait_progress()
+    begin(p)
     p.poison = inject_poison(p.settings)
     p.produce_third(1)
     p.produce_third(2)

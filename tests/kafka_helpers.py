@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -165,3 +166,14 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Me
                     messages.append(msg)
     finally:
         consumer.close()
+
+
+def run_benchmark(module: str, args: list[str], output: Path, timeout_s: float) -> Any:
+    """``python -m <module> <args> --output <output>`` as ``make bench-*`` runs it; its JSON."""
+    subprocess.run(
+        [sys.executable, "-m", module, *args, "--output", str(output)],
+        cwd=REPO,
+        check=True,
+        timeout=timeout_s,
+    )
+    return json.loads(output.read_text())

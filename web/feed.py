@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kestrel.camera.frame_cache import CachedFrame, FrameCache
 from kestrel.camera.frames import parse_headers
 from kestrel.errors import InvalidMessage
 from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate, parse_envelope
-from kestrel.schemas.camera import CameraResult
+from kestrel.schemas.camera import CameraResult, FrameDropped
 from kestrel.settings import Settings
 from kestrel.topics import (
     ALERTS,
@@ -81,10 +82,18 @@ class HotCacheFeed:
         if spec is ALERTS:
             return lambda r: cache.add_alert(Alert.model_validate_json(_value(r)))
         if spec is CAMERA_RESULTS:
-            return lambda r: cache.add_result(CameraResult.model_validate_json(_value(r)))
+            return self._add_result
         if spec is CAMERA_FRAMES:
             return self._add_frame
         return lambda r: cache.add_samples(parse_envelope(_value(r)))
+
+    def _add_result(self, record: Record) -> None:
+        """A frame's record: its result, or why it has none (counted per camera)."""
+        data = orjson.loads(_value(record))
+        if isinstance(data, dict) and data.get("kind") == "frame_dropped":
+            self.cache.add_drop(FrameDropped.model_validate(data))
+        else:
+            self.cache.add_result(CameraResult.model_validate(data))
 
     def _add_frame(self, record: Record) -> None:
         assert self.frames is not None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate
-from kestrel.schemas.camera import CameraResult
+from kestrel.schemas.camera import CameraResult, FrameDropped
 from tables.windows import PartitionWindows, SampleBatch, WindowKey, default_specs
 
 HORIZON_MS = 300_000
@@ -65,6 +65,8 @@ class HotCache:
         self.active_alerts: dict[str, Alert] = {}
         self.alert_history: deque[Alert] = deque(maxlen=ALERT_HISTORY)
         self.results: dict[str, CameraResult] = {}
+        #: Frames that got no result, per camera and reason (frame_dropped records).
+        self.dropped: dict[str, dict[str, int]] = {}
 
     # Feeding ---------------------------------------------------------------------------
     def add_aggregate(self, aggregate: WindowAggregate) -> None:
@@ -107,6 +109,10 @@ class HotCache:
         capture = result.data.metadata.capture_ts_ns
         if current is None or current.data.metadata.capture_ts_ns <= capture:
             self.results[result.camera_id] = result
+
+    def add_drop(self, drop: FrameDropped) -> None:
+        reasons = self.dropped.setdefault(drop.camera_id, {})
+        reasons[drop.reason] = reasons.get(drop.reason, 0) + 1
 
     def add_alert(self, alert: Alert) -> None:
         self.alert_history.append(alert)

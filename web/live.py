@@ -24,7 +24,7 @@ from web.hot_cache import HotCache
 from web.hub import Hub
 
 
-def camera_summary(result: CameraResult) -> dict[str, Any]:
+def camera_summary(result: CameraResult, dropped: dict[str, int] | None = None) -> dict[str, Any]:
     summary = result.data.post_processing_result.agg_summary
     return {
         "camera_id": result.camera_id,
@@ -33,6 +33,7 @@ def camera_summary(result: CameraResult) -> dict[str, Any]:
         "counts": summary.counts,
         "active_tracks": summary.active_tracks,
         "processing_ms": result.data.processing_time * 1000,
+        "dropped_frames": dict(dropped or {}),
     }
 
 
@@ -70,7 +71,8 @@ class LiveCache(HotCache):
 
     def add_result(self, result: CameraResult) -> None:
         super().add_result(result)
-        self.hub.publish("cameras", result.camera_id, camera_summary(result))
+        summary = camera_summary(result, self.dropped.get(result.camera_id))
+        self.hub.publish("cameras", result.camera_id, summary)
         self.hub.publish(f"camera:{result.camera_id}", "result", result.model_dump(by_alias=True))
 
     def backfill(self, channel: str) -> dict[str, Any]:
@@ -81,7 +83,9 @@ class LiveCache(HotCache):
                 "recent": [a.model_dump(mode="json") for a in list(self.alert_history)[-50:]],
             }
         if channel == "cameras":
-            return {cid: camera_summary(r) for cid, r in self.results.items()}
+            return {
+                cid: camera_summary(r, self.dropped.get(cid)) for cid, r in self.results.items()
+            }
         if channel.startswith("camera:"):
             result = self.results.get(channel.removeprefix("camera:"))
             return {"result": None if result is None else result.model_dump(by_alias=True)}

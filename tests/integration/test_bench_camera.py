@@ -6,14 +6,11 @@ measures what it says: frames detected by the plain loop, results through Kafka.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.kafka_helpers import REPO
+from tests.kafka_helpers import run_benchmark
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -22,12 +19,6 @@ def test_the_camera_benchmark_measures_both_phases_and_writes_its_json(tmp_path:
     output = tmp_path / "camera.json"
     args = ["--cameras", "2", "--fps", "5", "--seconds", "6", "--warmup", "2"]
     args += ["--latency-fps", "4", "--latency-cameras", "1"]
-    subprocess.run(
-        [sys.executable, "-m", "bench.camera", *args, "--output", str(output)],
-        cwd=REPO,
-        check=True,
-        timeout=380,
-    )
-    result = json.loads(output.read_text())
+    result = run_benchmark("bench.camera", args, output, timeout_s=380)
     assert result["limit_fps"] > 0 and result["kestrel_fps"] > 0
     assert result["latency_ms_p50"] > 0 and result["peak_rss_mb"] > 0

@@ -6,14 +6,11 @@ measures what it says (a restore reads the compacted changelog, not all of it).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.kafka_helpers import REPO
+from tests.kafka_helpers import run_benchmark
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -23,13 +20,7 @@ def test_the_restore_benchmark_restarts_the_worker_and_reports_what_it_read(
 ) -> None:
     output = tmp_path / "restore.json"
     args = ["--sources", "5", "--partitions", "2", "--checkpoints", "0.2", "0.6"]
-    subprocess.run(
-        [sys.executable, "-m", "bench.restore", *args, "--output", str(output)],
-        cwd=REPO,
-        check=True,
-        timeout=280,
-    )
-    result = json.loads(output.read_text())
+    result = run_benchmark("bench.restore", args, output, timeout_s=280)
     first, second = result["checkpoints"]
     assert first["records_read"] > 0 and first["restore_s_max"] > 0
     # More was written by the second checkpoint than a restore reads: the live keys

@@ -7,14 +7,11 @@ Quix Streams baseline in its own virtualenv included.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.kafka_helpers import REPO
+from tests.kafka_helpers import run_benchmark
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -25,13 +22,7 @@ def test_the_telemetry_benchmark_measures_every_consumer_and_writes_its_json(
     output = tmp_path / "telemetry.json"
     args = ["--sources", "20", "--seconds", "20", "--partitions", "2"]
     args += ["--latency-sources", "2", "--latency-seconds", "15"]
-    subprocess.run(
-        [sys.executable, "-m", "bench.telemetry", *args, "--output", str(output)],
-        cwd=REPO,
-        check=True,
-        timeout=580,
-    )
-    result = json.loads(output.read_text())
+    result = run_benchmark("bench.telemetry", args, output, timeout_s=580)
     for key in ("raw_samples_per_s", "kestrel_samples_per_s", "quix_samples_per_s"):
         assert result[key] > 0, key
     assert set(result["quix_variants"]) == {"agg", "one-aggregator"}

@@ -6,14 +6,11 @@ quiet machine); this checks that the benchmark measures what it says it does.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.kafka_helpers import REPO
+from tests.kafka_helpers import run_benchmark
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -21,13 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 def test_the_web_benchmark_measures_every_phase_and_writes_its_json(tmp_path: Path) -> None:
     output = tmp_path / "web.json"
     args = ["--clients", "5", "--rounds", "1", "--seconds", "2", "--warmup", "1"]
-    subprocess.run(
-        [sys.executable, "-m", "bench.web", *args, "--output", str(output)],
-        cwd=REPO,
-        check=True,
-        timeout=200,
-    )
-    result = json.loads(output.read_text())
+    result = run_benchmark("bench.web", args, output, timeout_s=200)
     for key in ("latency_ms_p50", "latency_ms_p99", "latency_ms_p99_with_slow_client"):
         assert result[key] > 0, key
     assert result["clients"] == 5 and result["server_rss_mb"] > 0

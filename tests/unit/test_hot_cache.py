@@ -3,6 +3,7 @@ from __future__ import annotations
 import orjson
 
 from kestrel.schemas import Alert, WindowAggregate, parse_envelope
+from kestrel.schemas.camera import FrameDropped
 from web.hot_cache import HotCache
 
 
@@ -115,3 +116,21 @@ def test_snapshot_is_a_source_s_whole_backfill() -> None:
     assert [a["window_start_ms"] for a in snap["aggregates"]["1s"]["cpu_percent"]] == [0]
     assert {row["window"] for row in snap["running"]} == {"1s", "10s", "5m"}
     assert cache.sources() == ["system"]
+
+
+def test_dropped_frames_are_counted_per_camera_and_reason() -> None:
+    cache = HotCache()
+    for reason in ("backpressure", "backpressure", "expired"):
+        cache.add_drop(
+            FrameDropped(
+                camera_id="door",
+                message_key="door",
+                frame_id="door-1",
+                input_stream="kestrel.camera.frames",
+                reason=reason,
+                capture_ts_ns=1,
+                seq=1,
+            )
+        )
+    assert cache.dropped == {"door": {"backpressure": 2, "expired": 1}}
+    assert cache.results == {}, "a dropped frame is not a result"
