@@ -1,15 +1,17 @@
-"""A confluent-kafka producer for Kestrel's producers outside Faust (collectors, cameras)."""
+"""A confluent-kafka producer for what Kestrel writes outside transactions.
+
+Collectors, cameras and the inference stage write at least once with it; the stateful
+stages write through :mod:`kestrel.state`'s transactional producers instead.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from kestrel.errors import KestrelError
 from kestrel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -17,12 +19,6 @@ log = logging.getLogger(__name__)
 CLIENT_LOG = logging.getLogger("kestrel.librdkafka")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024 + 64 * 1024  # a frame at the topic limit, plus headers
-
-
-class ProducerFlushError(KestrelError):
-    """Messages could not be delivered; whoever was waiting must not ack its input."""
-
-    retriable = True
 
 
 class KestrelProducer:
@@ -100,27 +96,3 @@ class KestrelProducer:
         """Wait for outstanding deliveries; return how many are still undelivered."""
         remaining: int = self._producer.flush(timeout_s)
         return remaining
-
-    async def flush_async(self, timeout_s: float = 30.0) -> None:
-        """Wait until every queued message is acknowledged, yielding to the event loop.
-
-        Delivery reports are served with ``poll(0)`` on the loop's own thread: a
-        blocking ``flush()`` in an executor thread ran thousands of Python callbacks
-        there and fought the loop for the GIL (profiled: 4x slower). Raises
-        :class:`ProducerFlushError` if messages are still undelivered at the deadline or
-        any failed since the last flush, so a caller that acks its input only after
-        this returns never acks what it could not write.
-        """
-        failed_before = self.failed
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            self._producer.poll(0)
-            remaining = len(self._producer)
-            if remaining == 0 or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.001)
-        if remaining or self.failed != failed_before:
-            raise ProducerFlushError(
-                f"{remaining} messages undelivered and {self.failed - failed_before} failed "
-                f"after {timeout_s:.0f}s"
-            )
