@@ -622,6 +622,30 @@ def run_case(name: str, broker: LocalKafka | None, workdir: Path) -> Outcome:
     return Outcome(name, not problems, time.monotonic() - started, problems, str(workdir))
 
 
+def write_report(
+    outcomes: list[Outcome], cases: list[str], runs: int, output: Path, logs: Path
+) -> list[str]:
+    """Write the JSON for the runs so far; return the table's lines."""
+    lines = [f"{'case':15} {'passed':>8}"]
+    table = {}
+    for name in cases:
+        mine = [o for o in outcomes if o.case == name]
+        passed = sum(o.ok for o in mine)
+        table[name] = {"runs": len(mine), "passed": passed}
+        lines.append(f"{name:15} {passed:>3} / {len(mine):<3}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": f"{platform.machine()}, {platform.system()}",
+        "runs_per_case": runs,
+        "complete": len(outcomes) == runs * len(cases),
+        "table": table,
+        "failures": [o.__dict__ for o in outcomes if not o.ok],
+        "logs": str(logs),
+    }
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="*", choices=[*CASES, []], default=[])
@@ -641,30 +665,13 @@ def main() -> int:
                 print(f"{name:15} run {run + 1:2}: {mark} in {outcome.seconds:.0f} s", flush=True)
                 for problem in outcome.problems[:5]:
                     print(f"    {problem}", flush=True)
+                # Written after every run: an interrupted matrix still leaves its record.
+                write_report(outcomes, cases, args.runs, args.output, root)
     finally:
         shared.stop()
     print()
-    print(f"{'case':15} {'passed':>8}")
-    table = {}
-    for name in cases:
-        mine = [o for o in outcomes if o.case == name]
-        passed = sum(o.ok for o in mine)
-        table[name] = {"runs": len(mine), "passed": passed}
-        print(f"{name:15} {passed:>3} / {len(mine):<3}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.machine()}, {platform.system()}",
-                "runs_per_case": args.runs,
-                "table": table,
-                "failures": [o.__dict__ for o in outcomes if not o.ok],
-                "logs": str(root),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    for line in write_report(outcomes, cases, args.runs, args.output, root):
+        print(line)
     return 0 if all(o.ok for o in outcomes) else 1
 
 
