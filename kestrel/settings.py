@@ -133,7 +133,25 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Where the dashboard listens.")
     web_port: int = Field(8000, ge=1, le=65535)
     web_token: str | None = Field(
-        None, description="If set, WebSocket clients must send it in their hello."
+        None,
+        description="If set, every route but /healthz needs it (web/access.py); the "
+        "WebSocket, SSE and REST alike.",
+    )
+    web_allow_open: bool = Field(
+        False,
+        description="Serve beyond loopback without a token (anyone who can reach the "
+        "port sees everything); without it the server refuses to start that way.",
+    )
+    web_origins: str = Field(
+        "",
+        description="Comma-separated Origins (https://host:port) whose pages may open "
+        "the WebSocket and SSE besides the server's own.",
+    )
+    web_stall_s: float = Field(
+        10.0,
+        gt=0,
+        description="A client that takes no data for this long is closed (4009): a "
+        "stalled client costs one coalesced slot per key, and only this long.",
     )
     web_compression: bool = Field(
         False,

@@ -8,7 +8,9 @@ import sys
 import uvicorn
 from starlette.applications import Starlette
 
+from kestrel.errors import SettingsError
 from kestrel.settings import Settings, get_settings
+from web.access import check_exposure
 from web.app import create_app
 
 
@@ -16,6 +18,7 @@ def server_config(
     app: Starlette, settings: Settings, port: int | None = None, log_level: str = "info"
 ) -> uvicorn.Config:
     """How ``kestrel-web`` serves ``app`` (the tests serve it the same way)."""
+    check_exposure(settings)
     return uvicorn.Config(
         app,
         host=settings.web_host,
@@ -29,7 +32,12 @@ def server_config(
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
-    uvicorn.Server(server_config(create_app(settings), settings)).run()
+    try:
+        config = server_config(create_app(settings), settings)
+    except SettingsError as exc:
+        logging.getLogger("kestrel-web").error("%s", exc)
+        return 2
+    uvicorn.Server(config).run()
     return 0
 
 

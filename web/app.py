@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ import orjson
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -34,9 +34,10 @@ from kestrel.producer import KestrelProducer
 from kestrel.schemas import SampleColumns
 from kestrel.settings import Settings
 from kestrel.topics import METRICS_UI
+from web.access import AUTHENTICATED, Access, AccessMiddleware
 from web.backpressure import MAX_HZ
 from web.feed import HotCacheFeed
-from web.hub import Client, Hub
+from web.hub import Client, ClientStalled, Hub
 from web.live import LiveCache
 from web.protocol import (
     VERSION,
@@ -56,6 +57,8 @@ HEARTBEAT_S = 15.0  # the server pings this often; silence for twice as long clo
 HELLO_TIMEOUT_S = 10.0
 MAX_MESSAGES_PER_S = 50  # per client; beyond it messages are refused, then it is closed
 FLOOD_CLOSE_AFTER = 200  # refused messages before the connection is closed
+STALLED = 4009  # the close code of a client that took no data for web_stall_s
+UX_PAST_MS = 10_000  # a page's ux samples are clamped into [now - this, now]
 
 
 class Dashboard:
@@ -63,7 +66,8 @@ class Dashboard:
 
     def __init__(self, settings: Settings, follow_kafka: bool = True) -> None:
         self.settings = settings
-        self.hub = Hub()
+        self.access = Access(settings)
+        self.hub = Hub(stall_s=settings.web_stall_s)
         self.cache = LiveCache(self.hub, round(settings.window_grace_s * 1000))
         self.frames = FrameCache()
         self.feed = HotCacheFeed(settings, self.cache, self.frames) if follow_kafka else None
@@ -114,37 +118,53 @@ class Dashboard:
     # WebSocket ---------------------------------------------------------------------------
     async def websocket(self, websocket: WebSocket) -> None:
         await websocket.accept()
+        stall_s = self.settings.web_stall_s
 
         async def send(raw: bytes) -> None:
-            await websocket.send_text(raw.decode())
+            # Every write has the same deadline: a client that takes nothing for
+            # stall_s costs no more than that (ClientStalled ends its connection).
+            try:
+                await asyncio.wait_for(websocket.send_text(raw.decode()), stall_s)
+            except TimeoutError:
+                raise ClientStalled(f"took no data for {stall_s:g} s") from None
+
+        async def close(code: int, reason: str) -> None:
+            with contextlib.suppress(Exception):  # its socket may be gone already
+                await asyncio.wait_for(websocket.close(code, reason[:120]), 1.0)
 
         try:
-            await self._hello(websocket)
+            authenticated = await self._hello(websocket)
         except ProtocolError as exc:
-            await send(error_message(exc))
-            await websocket.close(code=4001 if exc.code == "unauthorized" else 4002)
+            with contextlib.suppress(ClientStalled):
+                await send(error_message(exc))
+            await close(4001 if exc.code == "unauthorized" else 4002, exc.message)
             return
         try:
-            client = self.hub.connect(send)
+            client = self.hub.connect(send, close)
         except ConnectionRefusedError as exc:
-            await send(error_message(ProtocolError("server_full", str(exc), recoverable=True)))
-            await websocket.close(code=1013)
+            with contextlib.suppress(ClientStalled):
+                await send(error_message(ProtocolError("server_full", str(exc), True)))
+            await close(1013, "server full")
             return
+        client.authenticated = authenticated
         welcome = {
             "client_id": client.client_id,
             "heartbeat_s": HEARTBEAT_S,
             "max_hz": MAX_HZ,  # per (channel, key)
             "channels": ["cameras", "camera:<id>", "metrics:<source>", "alerts", "system"],
         }
-        await send(server_message("welcome", welcome))
         try:
+            await send(server_message("welcome", welcome))
             await self._converse(websocket, client, send)
         except WebSocketDisconnect:
             pass
+        except ClientStalled as exc:
+            await close(STALLED, f"stalled: {exc}")
         finally:
             await self.hub.disconnect(client)
 
-    async def _hello(self, websocket: WebSocket) -> None:
+    async def _hello(self, websocket: WebSocket) -> bool:
+        """Wait for the hello; whether the connection is authenticated (or refuse it)."""
         try:
             raw = await asyncio.wait_for(websocket.receive_text(), HELLO_TIMEOUT_S)
         except TimeoutError:
@@ -152,10 +172,15 @@ class Dashboard:
         message = parse_client(raw)
         if message.type != "hello":
             raise ProtocolError("hello_first", "the first message must be hello", False)
-        token = self.settings.web_token
-        given = str(message.payload.get("token", ""))
-        if token is not None and not hmac.compare_digest(given, token):
+        # The handshake's cookie, header or query parameter, or the hello's token.
+        if websocket.scope["state"].get(AUTHENTICATED, False):
+            return True
+        given = message.payload.get("token")
+        if self.access.valid(given if isinstance(given, str) else None):
+            return True
+        if self.access.required:
             raise ProtocolError("unauthorized", "a valid token is required", recoverable=False)
+        return False
 
     async def _converse(self, websocket: WebSocket, client: Client, send: Any) -> None:
         last_heard = time.monotonic()
@@ -202,23 +227,31 @@ class Dashboard:
                     server_message("subscribed", {"channels": channels}, correlation_id=correlation)
                 )
                 for channel in channels:
-                    payload = self.backfill(channel)
-                    await send(server_message("backfill", payload, channel=channel, seq=0))
-                    client.subscriptions.add(channel)
+                    # Through the client's own buffer, like any update; a channel it
+                    # already has costs nothing more (no second backfill).
+                    if channel not in client.subscriptions:
+                        self.hub.subscribe(client, channel, self.backfill(channel))
             elif message.type == "unsubscribe":
                 channels = channels_of(message)
-                client.subscriptions.difference_update(channels)
+                for channel in channels:
+                    self.hub.unsubscribe(client, channel)
                 await send(
                     server_message(
                         "unsubscribed", {"channels": channels}, correlation_id=correlation
                     )
                 )
             elif message.type == "ux":
+                if not client.authenticated:
+                    raise ProtocolError("unauthorized", "ux reports need an authenticated page")
                 try:
                     samples = SampleColumns.model_validate(message.payload)
                 except ValueError as exc:
                     raise ProtocolError("bad_message", f"ux: {exc}") from None
-                self.ux.add(samples.timestamp, samples.data)
+                now = int(time.time() * 1000)
+                # The server's clock decides when a page's frames were: a page cannot
+                # stamp samples into the future, nor far into the past.
+                clamped = [min(max(int(t), now - UX_PAST_MS), now) for t in samples.timestamp]
+                self.ux.add(clamped, samples.data)
             elif message.type == "hello":
                 raise ProtocolError("already_hello", "hello was already sent")
             # pong: nothing to answer; hearing it reset the heartbeat
@@ -244,18 +277,27 @@ class Dashboard:
         except ProtocolError as exc:
             return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
+        stall_s = self.settings.web_stall_s
+        stalled = asyncio.Event()
 
         async def send(raw: bytes) -> None:
-            await queue.put(raw)
+            try:
+                await asyncio.wait_for(queue.put(raw), stall_s)
+            except TimeoutError:
+                raise ClientStalled(f"took no data for {stall_s:g} s") from None
 
-        client = self.hub.connect(send)
-        for channel in channels:
-            await send(server_message("backfill", self.backfill(channel), channel=channel, seq=0))
-            client.subscriptions.add(channel)
+        async def close(code: int, reason: str) -> None:
+            stalled.set()
+
+        client = self.hub.connect(send, close)
+        for channel in dict.fromkeys(channels):
+            self.hub.subscribe(client, channel, self.backfill(channel))
 
         async def events() -> AsyncIterator[bytes]:
             try:
                 while True:
+                    if stalled.is_set() and queue.empty():
+                        return  # the hub gave up on this client: end the response
                     try:
                         raw = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
                     except TimeoutError:
@@ -404,6 +446,7 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         Route("/", page),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(AccessMiddleware, access=dash.access)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.dashboard = dash
     return app

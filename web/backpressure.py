@@ -18,6 +18,12 @@ drop        full                                   alerts only; others shed
 
 Between thresholds the state holds (hysteresis), so a client hovering at 85 % does
 not flap. Shed updates are counted per channel.
+
+A channel's backfill (sent when a client subscribes) waits in the same buffer, ahead
+of the channel's updates, but against a budget of its own (``BACKFILL_BYTES``): a
+metrics backfill holds five minutes of aggregates, often more than the live budget,
+and one must not push live updates out. A repeated backfill of a channel replaces the
+waiting one and goes out at most once a second (``BACKFILL_HZ``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from enum import StrEnum
 
 MAX_HZ = 60.0
 BURST = 2.0
+BACKFILL_BYTES = 2 * 1024 * 1024
+BACKFILL_HZ = 1.0
 
 
 class State(StrEnum):
@@ -118,6 +126,7 @@ class Pending:
     channel: str
     key: str
     payload: bytes
+    backfill: bool = False
 
 
 @dataclass
@@ -131,6 +140,7 @@ class ClientBuffer:
     items: OrderedDict[tuple[str, str], Pending] = field(default_factory=OrderedDict)
     shed: dict[str, int] = field(default_factory=dict)
     coalesced: int = 0
+    backfill_size: int = 0
 
     @property
     def fill(self) -> float:
@@ -157,13 +167,37 @@ class ClientBuffer:
         self.state = settle(self.state, self.fill)
         return True
 
+    def offer_backfill(self, channel: str, key: str, payload: bytes) -> bool:
+        """Queue a channel's backfill (replacing a waiting one); False if over budget."""
+        old = self.items.get((channel, key))
+        if old is not None:
+            self._remove(old)
+        if self.backfill_size + len(payload) > BACKFILL_BYTES:
+            return self._shed(channel)
+        self.items[(channel, key)] = Pending(channel, key, payload, backfill=True)
+        self.backfill_size += len(payload)
+        return True
+
+    def discard(self, channel: str) -> None:
+        """Forget what waits on ``channel`` (the client unsubscribed from it)."""
+        for item in list(self.items.values()):
+            if item.channel == channel:
+                self._remove(item)
+        self.state = settle(self.state, self.fill)
+
+    def _remove(self, item: Pending) -> None:
+        del self.items[(item.channel, item.key)]
+        if item.backfill:
+            self.backfill_size -= len(item.payload)
+        else:
+            self.size -= len(item.payload)
+
     def _evict_for(self, needed: int) -> None:
-        for item_key, item in list(self.items.items()):
+        for item in list(self.items.values()):
             if self.size + needed <= self.capacity:
                 return
-            if item.channel != "alerts":
-                del self.items[item_key]
-                self.size -= len(item.payload)
+            if item.channel != "alerts" and not item.backfill:
+                self._remove(item)
                 self._shed(item.channel)
 
     def _shed(self, channel: str) -> bool:
@@ -181,7 +215,7 @@ class ClientBuffer:
         budget = max_bytes
         retry: float | None = None
         for item_key, item in list(self.items.items()):
-            hz = self.pacer.hz
+            hz = BACKFILL_HZ if item.backfill else self.pacer.hz
             if self.state is State.PRESSURE and not is_core(item.channel):
                 hz /= 4
             if out and len(item.payload) > budget:
@@ -191,8 +225,7 @@ class ClientBuffer:
                 wait = self.pacer.wait(item_key, now, hz)
                 retry = wait if retry is None else min(retry, wait)
                 continue
-            del self.items[item_key]
-            self.size -= len(item.payload)
+            self._remove(item)
             budget -= len(item.payload)
             out.append(item)
         self.state = settle(self.state, self.fill)

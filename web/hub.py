@@ -25,9 +25,21 @@ from web.backpressure import ClientBuffer, State
 from web.protocol import server_message
 
 log = logging.getLogger(__name__)
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 SEND_BYTES_PER_TICK = 256 * 1024
+BACKFILL = "\x00backfill"  # the buffer key of a channel's backfill (no update key has NUL)
+STALLED = 4009
 Send = Callable[[bytes], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
+
+
+class ClientStalled(Exception):
+    """A client took no data within the server's deadline; its connection ends."""
+
+
+async def _no_close(code: int, reason: str) -> None:
+    return None
 
 
 @dataclass
@@ -35,6 +47,8 @@ class Client:
     client_id: str
     send: Send
     buffer: ClientBuffer
+    close: Close = _no_close
+    authenticated: bool = False
     subscriptions: set[str] = field(default_factory=set)
     seq: dict[str, int] = field(default_factory=dict)
     reported: State = State.NORMAL
@@ -49,17 +63,32 @@ class Client:
 
 
 class Hub:
-    def __init__(self, total_buffer_bytes: int = 50 * 1024 * 1024, max_clients: int = 200):
+    """The clients and their subscriptions; one delivery task per client.
+
+    What a client costs is bounded by what it reads: an update is one coalesced slot
+    per (channel, key) in its buffer (the encoded bytes are shared by all clients), a
+    backfill goes through the same buffer, and a client whose writes stay blocked for
+    ``stall_s`` is dropped and closed (4009).
+    """
+
+    def __init__(
+        self,
+        total_buffer_bytes: int = 50 * 1024 * 1024,
+        max_clients: int = 200,
+        stall_s: float = 10.0,
+    ):
         self.max_clients = max_clients
         self.per_client_bytes = total_buffer_bytes // max_clients
+        self.stall_s = stall_s
         self.clients: dict[str, Client] = {}
         self.published = 0
+        self.stalled = 0
         self._ids = itertools.count(1)
 
-    def connect(self, send: Send) -> Client:
+    def connect(self, send: Send, close: Close = _no_close) -> Client:
         if len(self.clients) >= self.max_clients:
             raise ConnectionRefusedError(f"the server takes at most {self.max_clients} clients")
-        client = Client(f"c{next(self._ids)}", send, ClientBuffer(self.per_client_bytes))
+        client = Client(f"c{next(self._ids)}", send, ClientBuffer(self.per_client_bytes), close)
         self.clients[client.client_id] = client
         client.task = asyncio.create_task(self._deliver(client), name=f"send-{client.client_id}")
         return client
@@ -72,6 +101,16 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await client.task
 
+    def subscribe(self, client: Client, channel: str, backfill: object) -> None:
+        """Add ``channel``; its backfill goes ahead of its updates, through the buffer."""
+        client.subscriptions.add(channel)
+        client.buffer.offer_backfill(channel, BACKFILL, orjson.dumps(backfill, option=_NUMPY))
+        client.wakeup.set()
+
+    def unsubscribe(self, client: Client, channel: str) -> None:
+        client.subscriptions.discard(channel)
+        client.buffer.discard(channel)
+
     def wants(self, channel: str) -> bool:
         """Is any client subscribed to ``channel``? (Skip building unwanted updates.)"""
         return any(channel in c.subscriptions for c in self.clients.values())
@@ -82,12 +121,21 @@ class Hub:
         raw: bytes | None = None
         for client in self.clients.values():
             if channel in client.subscriptions:
-                raw = raw or orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+                raw = raw or orjson.dumps(payload, option=_NUMPY)
                 client.buffer.offer(channel, key, raw)
                 client.wakeup.set()
 
     async def _deliver(self, client: Client) -> None:
         """Writes what the client's buffer holds, each key at its pacer's rate."""
+        try:
+            await self._deliver_until_stalled(client)
+        except ClientStalled as exc:
+            self.stalled += 1
+            self.clients.pop(client.client_id, None)  # from now on it costs nothing
+            log.info("closing client %s: %s", client.client_id, exc)
+            await client.close(STALLED, f"stalled: {exc}")
+
+    async def _deliver_until_stalled(self, client: Client) -> None:
         retry_in: float | None = None
         while True:
             if retry_in is None:
@@ -99,8 +147,11 @@ class Hub:
             client.wakeup.clear()
             ready, retry_in = client.buffer.take(SEND_BYTES_PER_TICK, time.monotonic())
             for item in ready:
+                if item.backfill:
+                    await client.send(_wrap("backfill", item.channel, 0, None, item.payload))
+                    continue
                 seq = client.next_seq(item.channel)
-                await client.send(_update(item.channel, seq, item.key, item.payload))
+                await client.send(_wrap("update", item.channel, seq, item.key, item.payload))
                 client.delivered += 1
             if client.buffer.state is not client.reported:
                 client.reported = client.buffer.state
@@ -115,14 +166,19 @@ class Hub:
         return {
             "clients": len(self.clients),
             "published": self.published,
-            "buffered_bytes": sum(c.buffer.size for c in self.clients.values()),
+            "buffered_bytes": sum(
+                c.buffer.size + c.buffer.backfill_size for c in self.clients.values()
+            ),
+            "stalled_closed": self.stalled,
             "states": {
                 s.value: sum(c.buffer.state is s for c in self.clients.values()) for s in State
             },
         }
 
 
-def _update(channel: str, seq: int, key: str, payload: bytes) -> bytes:
-    """An update message around an already encoded payload (no second encoding)."""
-    head = orjson.dumps({"v": 1, "type": "update", "channel": channel, "seq": seq, "key": key})
-    return head[:-1] + b',"payload":' + payload + b"}"
+def _wrap(kind: str, channel: str, seq: int, key: str | None, payload: bytes) -> bytes:
+    """A message around an already encoded payload (no second encoding)."""
+    message: dict[str, object] = {"v": 1, "type": kind, "channel": channel, "seq": seq}
+    if key is not None:
+        message["key"] = key
+    return orjson.dumps(message)[:-1] + b',"payload":' + payload + b"}"

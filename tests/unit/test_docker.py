@@ -11,7 +11,9 @@ import faust
 import pytest
 import yaml
 
+from kestrel.errors import SettingsError
 from kestrel.settings import ENV_PREFIX, Settings
+from web.access import check_exposure
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker" / "docker-compose.yml").read_text())
@@ -70,3 +72,15 @@ def test_everything_the_dockerfile_copies_exists() -> None:
         if line.startswith("COPY ") and "--from=" not in line:  # --from: an earlier stage
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), source
+
+
+def test_the_published_dashboard_requires_a_token() -> None:
+    """Compose publishes the dashboard on all interfaces: it must not start open."""
+    dashboard = SERVICES["dashboard"]
+    env = dashboard["environment"]
+    assert env["KESTREL_WEB_HOST"] == "0.0.0.0" and dashboard["ports"]
+    # ${VAR:?message}: compose refuses to start when the operator has not set it.
+    assert env["KESTREL_WEB_TOKEN"].startswith("${KESTREL_WEB_TOKEN:?")
+    with pytest.raises(SettingsError, match="KESTREL_WEB_TOKEN"):
+        check_exposure(Settings(web_host="0.0.0.0"))
+    check_exposure(Settings(web_host="0.0.0.0", web_token="x" * 32))

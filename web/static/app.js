@@ -31,8 +31,9 @@ function connect() {
   state.ws = ws;
   ws.onopen = () => send({ type: "hello", payload: { client: "kestrel-dashboard" } });
   ws.onmessage = (event) => handle(JSON.parse(event.data));
-  ws.onclose = () => {
-    setConnection("closed");
+  ws.onclose = (event) => {
+    // 4001: this server has a token and the page has none (web/access.py).
+    setConnection(event.code === 4001 ? "token required: open /?token=..." : "closed");
     state.subscribed.clear();
     const wait = state.backoffMs;
     state.backoffMs = Math.min(state.backoffMs * 2, 10000);
