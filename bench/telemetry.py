@@ -278,6 +278,13 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=int, default=30)
     parser.add_argument("--skip-quix", action="store_true")
     parser.add_argument(
+        "--flush-interval-s",
+        type=float,
+        default=None,
+        help="the stream worker's KESTREL_FLUSH_INTERVAL_S (default: the setting's); its "
+        "offsets advance once a flush, so a small run needs a short one to be timed",
+    )
+    parser.add_argument(
         "--rows-per-message", type=int, default=6, help="6: 100 ms batches at 60 Hz"
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "telemetry.json")
@@ -294,6 +301,7 @@ def main() -> int:
     broker = start_broker(workdir, defaults)
     results: dict[str, Any] = {}
     try:
+        flush = {} if args.flush_interval_s is None else {"flush_interval_s": args.flush_interval_s}
         settings = broker_settings(
             broker,
             workdir,
@@ -301,6 +309,7 @@ def main() -> int:
             topic_partitions=args.partitions,
             commit_interval_s=0.5,
             stats_path=workdir / "kestrel-stats.json",
+            **flush,
         )
         ticks = args.seconds * 60 // ROWS
         print(f"generating {args.sources} sources x {ticks} batches ...", flush=True)
@@ -390,6 +399,7 @@ def main() -> int:
                 "samples_per_message": samples_per_message,
                 "samples": total * samples_per_message,
                 "partitions": args.partitions,
+                "flush_interval_s": settings.flush_interval_s,
             },
             "raw_samples_per_s": raw["samples_per_s"],
             "raw_messages_per_s": raw["messages_per_s"],
