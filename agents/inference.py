@@ -48,7 +48,7 @@ from faust_app import inference as app
 from faust_app import settings
 from kestrel.camera.batching import AdaptiveBatchSize, FrameQueues, Waiting
 from kestrel.camera.frames import FrameHeaders, check_camera_id, parse_headers
-from kestrel.camera.registry import CameraRegistry
+from kestrel.camera.registry import CameraRegistry, UnknownCameras
 from kestrel.collectors.model import ModelMetrics
 from kestrel.collectors.system import GpuSampler
 from kestrel.deadletter import DeadLetter
@@ -104,7 +104,7 @@ class InferenceStage:
         self.dropped: dict[str, int] = {}
         self._batcher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
-        self._unknown: dict[str, float] = {}  # camera id -> refuse at once until
+        self._unknown = UnknownCameras(UNKNOWN_MEMORY_S)
 
     async def start(self) -> None:
         """Load once; at every start of the agent, check that the background tasks run."""
@@ -144,14 +144,14 @@ class InferenceStage:
         """
         if self.registry.get(camera_id) is not None:
             return True
-        if self._unknown.get(camera_id, 0.0) > time.monotonic():
+        if self._unknown.refuses(camera_id, time.monotonic()):
             return False
         loop = asyncio.get_running_loop()
         config = await loop.run_in_executor(
             None, self.registry.wait_for, camera_id, REGISTRY_GRACE_S
         )
         if config is None:
-            self._unknown[camera_id] = time.monotonic() + UNKNOWN_MEMORY_S
+            self._unknown.remember(camera_id, time.monotonic())
         return config is not None
 
     async def admit(self, event: faust.EventT[bytes]) -> None:

@@ -115,6 +115,10 @@ class TelemetryStage:
         check_event_time(envelope, int(time.time() * 1000), round(settings.max_future_s * 1000))
         batch = SampleBatch.from_envelope(envelope)
         topic = task.model.topic(suffix)
+        problem = topic.windows.over_capacity(batch, settings.max_sources, settings.max_fields)
+        if problem is not None:
+            reason, _, detail = problem.partition(": ")
+            raise InvalidMessage(reason, detail)
         if not topic.admit(batch.source, batch.timestamps.tolist()):
             raise InvalidMessage(
                 "rate_limited",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
+
+REFUSED_KEYS = 100  # sources whose refusals are counted by name; the rest as OTHER
+OTHER = "(other sources)"
 
 
 class SourceRateLimiter:
@@ -20,7 +22,9 @@ class SourceRateLimiter:
         self.max_per_second = int(max_hz)
         self.horizon_s = horizon_s
         self._counts: dict[str, dict[int, int]] = {}
-        self.refused: dict[str, int] = defaultdict(int)
+        # Keyed by names producers choose: bounded (the windows' source cap bounds
+        # _counts, whose sources are forgotten with their windows).
+        self.refused: dict[str, int] = {}
 
     def admit(self, source: str, timestamps_ms: Sequence[int]) -> bool:
         """Count the message's samples against their seconds, if they all fit."""
@@ -30,10 +34,12 @@ class SourceRateLimiter:
             seconds[second] = seconds.get(second, 0) + 1
         if not seconds:
             return True
-        counts = self._counts.setdefault(source, {})
+        counts = self._counts.get(source, {})
         if any(counts.get(s, 0) + n > self.max_per_second for s, n in seconds.items()):
-            self.refused[source] += len(timestamps_ms)
+            name = source if source in self.refused or len(self.refused) < REFUSED_KEYS else OTHER
+            self.refused[name] = self.refused.get(name, 0) + len(timestamps_ms)
             return False
+        counts = self._counts.setdefault(source, counts)
         for second, n in seconds.items():
             counts[second] = counts.get(second, 0) + n
         newest = max(counts)

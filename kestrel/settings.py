@@ -93,6 +93,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Samples per second one source may send; more goes to the dead letters.",
     )
+    max_sources: int = Field(
+        1000,
+        ge=1,
+        description="Sources with open windows per collector topic partition; a message "
+        "of one more goes to the dead letters (too_many_sources): producers choose names.",
+    )
+    max_fields: int = Field(
+        256,
+        ge=1,
+        description="Fields with open windows per source; a message that would add one "
+        "more goes to the dead letters (too_many_fields).",
+    )
 
     # --- Cameras and inference ----------------------------------------------------------
     detector: Literal["ssd", "yolo", "centerface"] = Field(

@@ -9,6 +9,16 @@ by adding bucket counts, so 1 s windows combine into longer ones without error g
 
 Values with ``|v| < MIN_INDEXABLE`` count as zero. Buckets live in a dict per sign,
 so memory follows the spread of the data (about 115 buckets per decade of range).
+
+The bucket count is bounded as in DDSketch's own bounded variant (its
+``CollapsingLowestDenseStore``): a sign keeps at most ``MAX_BUCKETS`` buckets, and
+beyond that its lowest-magnitude buckets collapse into the lowest one kept. 2048
+buckets span a factor of ``GAMMA ** 2048`` (about 6e17, nearly 18 decades) below the
+largest magnitude: a quantile whose value lies in that span keeps the 1 % guarantee;
+one below it (only data spread over more than 18 decades has such values) is reported
+as the lowest kept bucket, too large in magnitude, and still clamped to [min, max] by
+the window. Without the bound a hostile source could make one sketch hold ~36,000
+buckets a sign (values from 1e-9 to 1e300).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ ALPHA = 0.01
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 LOG_GAMMA = math.log(GAMMA)
 MIN_INDEXABLE = 1e-9
+MAX_BUCKETS = 2048
 
 
 def _bucket_counts(magnitudes: npt.NDArray[np.float64]) -> dict[int, int]:
@@ -34,6 +45,15 @@ def _bucket_counts(magnitudes: npt.NDArray[np.float64]) -> dict[int, int]:
 def _add_into(target: dict[int, int], source: dict[int, int]) -> None:
     for key, count in source.items():
         target[key] = target.get(key, 0) + count
+    if len(target) > MAX_BUCKETS:
+        _collapse_lowest(target)
+
+
+def _collapse_lowest(store: dict[int, int]) -> None:
+    """Fold the lowest-magnitude buckets into the lowest of the ``MAX_BUCKETS`` kept."""
+    keys = sorted(store)
+    lowest_kept = keys[-MAX_BUCKETS]
+    store[lowest_kept] += sum(store.pop(key) for key in keys[:-MAX_BUCKETS])
 
 
 class DDSketch:
@@ -110,6 +130,9 @@ class DDSketch:
         sketch = cls()
         sketch.positive = {int(k): int(c) for k, c in _pairs(data["p"])}
         sketch.negative = {int(k): int(c) for k, c in _pairs(data["n"])}
+        for store in (sketch.positive, sketch.negative):  # a changelog from before the bound
+            if len(store) > MAX_BUCKETS:
+                _collapse_lowest(store)
         sketch.zero = int(data["z"])
         sketch.count = sketch.zero + sum(sketch.positive.values()) + sum(sketch.negative.values())
         return sketch

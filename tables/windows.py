@@ -277,6 +277,25 @@ class PartitionWindows:
     dirty: set[str] = field(default_factory=set)
     late_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
+    def over_capacity(self, batch: SampleBatch, max_sources: int, max_fields: int) -> str | None:
+        """Why ``batch`` would take state past its bounds (a reason), or None if it fits.
+
+        Sources and field names are the producer's choice, so the state they create
+        is capped: ``max_sources`` sources with open windows, ``max_fields`` fields per
+        source (every field of a source is in its longest open windows).
+        """
+        windows = self.sources.get(batch.source)
+        if windows is None:
+            if len(self.sources) >= max_sources:
+                return f"too_many_sources: {len(self.sources)} have open windows here"
+            known: set[str] = set()
+        else:
+            longest = max(self.specs, key=lambda spec: spec.size_ms).name
+            known = set().union(*(s for (w, _), s in windows.items() if w == longest))
+        if len(known.union(batch.fields)) > max_fields:
+            return f"too_many_fields: {batch.source} would have more than {max_fields}"
+        return None
+
     def apply(self, batch: SampleBatch) -> list[LateSamples]:
         """Add one message's samples to their windows; return those that came late."""
         ts = batch.timestamps

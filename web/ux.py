@@ -18,6 +18,7 @@ from kestrel.collectors.publisher import BatchingPublisher
 FIELDS = ("frame_time_ms", "dropped_frames", "input_latency_ms")
 SLOT_MS = 1000 / 60
 SETTLE_MS = 200
+MAX_SLOTS = 1200  # 20 s of slots; the server clamps timestamps into its last 10 s
 
 
 class UxMerger:
@@ -25,12 +26,17 @@ class UxMerger:
         self.publisher = publisher
         self.slots: dict[int, dict[str, float | None]] = {}
         self.received = 0
+        self.refused = 0
 
     def add(self, timestamps: Sequence[int], data: Mapping[str, Sequence[float | None]]) -> None:
         """One page's samples, column by column (validated by the caller)."""
         for i, t in enumerate(timestamps):
             # Integer arithmetic: t // (1000 / 60) in floats puts t = 1000 in slot 59.
-            slot = self.slots.setdefault(int(t) * 60 // 1000, dict.fromkeys(FIELDS))
+            index = int(t) * 60 // 1000
+            if index not in self.slots and len(self.slots) >= MAX_SLOTS:
+                self.refused += 1  # bounded whatever pages send
+                continue
+            slot = self.slots.setdefault(index, dict.fromkeys(FIELDS))
             for name in FIELDS:
                 column = data.get(name)
                 value = column[i] if column is not None and i < len(column) else None

@@ -161,3 +161,27 @@ def _partitions(consumer: Consumer, topic: str, timeout_s: float = 30.0) -> list
                 f"camera registry topic {topic} has no partitions after {timeout_s:g} s"
             )
         time.sleep(0.2)  # metadata of a topic created a moment ago: ask again
+
+
+class UnknownCameras:
+    """Camera ids refused at once for a while, in bounded memory (producers choose ids)."""
+
+    def __init__(self, memory_s: float, max_ids: int = 10_000) -> None:
+        self.memory_s = memory_s
+        self.max_ids = max_ids
+        self._until: dict[str, float] = {}  # insertion order is expiry order
+
+    def refuses(self, camera_id: str, now: float) -> bool:
+        return self._until.get(camera_id, 0.0) > now
+
+    def remember(self, camera_id: str, now: float) -> None:
+        if len(self._until) >= self.max_ids:
+            for expired in [c for c, until in self._until.items() if until <= now]:
+                del self._until[expired]
+            while len(self._until) >= self.max_ids:  # all still fresh: forget the oldest
+                del self._until[next(iter(self._until))]
+        self._until.pop(camera_id, None)
+        self._until[camera_id] = now + self.memory_s
+
+    def __len__(self) -> int:
+        return len(self._until)

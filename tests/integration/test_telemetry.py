@@ -197,11 +197,11 @@ def test_bad_messages_go_to_dead_letters_and_the_stream_goes_on(
         ),
         (envelope([Row("ui", BASE, {"x": 1.0})]), "wrong_topic"),  # ui data on the model topic
         (envelope(over_budget), "rate_limited"),
+        # The source already has 201 fields; 100 more would pass KESTREL_MAX_FIELDS (256).
+        (envelope([Row(src, BASE + 30, {f"g{i}": 1.0 for i in range(100)})]), "too_many_fields"),
     ]
-    good = [
-        envelope([Row(src, BASE + 10, {"x": 2.0})]),
-        envelope([Row(src, BASE + 20, {"x": 3.0})]),
-    ]
+    wide = envelope([Row(src, BASE + 5, {"x": 2.0, **{f"f{i}": 1.0 for i in range(200)}})])
+    good = [wide, envelope([Row(src, BASE + 20, {"x": 3.0})])]
     sequence = [good[0], *(raw for raw, _ in bad), good[1], closer(src, BASE + 5_000)[1]]
     placed = produce(settings, METRICS_MODEL.name(settings), [(key, v) for v in sequence])
 
@@ -212,7 +212,8 @@ def test_bad_messages_go_to_dead_letters_and_the_stream_goes_on(
         timeout_s=60,
     )
     assert [m.value() for m in letters] == [raw for raw, _ in bad]  # untouched originals
-    for message, (_, reason), (partition, offset) in zip(letters, bad, placed[1:6], strict=True):
+    where = placed[1 : 1 + len(bad)]
+    for message, (_, reason), (partition, offset) in zip(letters, bad, where, strict=True):
         raw_headers = message.headers() or []
         pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
         letter = DeadLetter.from_headers({k: v for k, v in pairs if isinstance(v, bytes)})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tables.sketch import ALPHA, MIN_INDEXABLE, DDSketch
+from tables.sketch import ALPHA, GAMMA, MAX_BUCKETS, MIN_INDEXABLE, DDSketch
 
 
 @pytest.mark.parametrize(
@@ -104,3 +104,56 @@ def test_the_extremes_of_the_double_range_do_not_overflow() -> None:
     sketch.add_many(np.array([1.7976931348623157e308, -1.7976931348623157e308, 5e-324, 0.0]))
     for q in (0.0, 0.25, 0.5, 0.75, 1.0):
         assert sketch.quantile(q) is not None
+
+
+# --- The bucket bound ----------------------------------------------------------------------
+
+spreads = st.tuples(
+    st.integers(0, 2**32 - 1),  # seed
+    st.floats(min_value=-9.0, max_value=0.0),  # lowest decade
+    st.floats(min_value=0.0, max_value=300.0),  # highest decade
+    st.integers(1, 20_000),  # values
+)
+
+
+def spread_values(seed: int, low: float, high: float, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    magnitudes = 10.0 ** rng.uniform(low, high, n)
+    values: np.ndarray = magnitudes * rng.choice([-1.0, 1.0], n)
+    return values
+
+
+@settings(max_examples=150, deadline=None)
+@given(spreads, st.floats(min_value=0.0, max_value=1.0), st.integers(1, 5))
+def test_the_bucket_count_is_bounded_and_quantiles_in_the_kept_span_keep_the_bound(
+    spread: tuple[int, float, float, int], q: float, parts: int
+) -> None:
+    values = spread_values(*spread)
+    whole, merged = DDSketch(), DDSketch()
+    whole.add_many(values)
+    for part in np.array_split(values, parts):
+        piece = DDSketch()
+        piece.add_many(part)
+        merged.merge(piece)
+    assert len(whole.positive) <= MAX_BUCKETS and len(whole.negative) <= MAX_BUCKETS
+    assert whole.count == values.size  # collapsing moves counts, never loses them
+    assert merged.to_json() == whole.to_json()  # collapse commutes with merging
+    exact = float(np.quantile(values, q, method="lower"))
+    estimate = whole.quantile(q)
+    assert estimate is not None
+    store = whole.positive if exact > 0 else whole.negative
+    lowest_kept = GAMMA ** (min(store) - 1) if store else 0.0
+    if abs(exact) > lowest_kept * GAMMA:  # above the collapsed span: the 1 % guarantee
+        assert abs(estimate - exact) <= ALPHA * abs(exact) * (1 + 1e-12)
+    else:  # collapsed: reported as the lowest kept bucket, never smaller in magnitude
+        assert abs(estimate) >= abs(exact) * (1 - ALPHA)
+
+
+def test_data_over_less_than_17_decades_never_collapses() -> None:
+    values = 10.0 ** np.linspace(-3.0, 14.0, 50_000)
+    sketch = DDSketch()
+    sketch.add_many(values)
+    assert len(sketch.positive) < MAX_BUCKETS  # nothing folded: the full guarantee
+    for q in (0.0, 0.01, 0.5, 1.0):
+        exact = float(np.quantile(values, q, method="lower"))
+        assert abs(sketch.quantile(q) - exact) <= ALPHA * exact  # type: ignore[operator]
