@@ -61,7 +61,12 @@ RESULTS = REPO / "bench" / "results"
 SOURCE = "model:bench"
 CAMERA = "bench-0"
 CHANNELS = [f"metrics:{SOURCE}", f"camera:{CAMERA}"]
-PHASES = {"one": "1 client", "all": "{n} clients", "all_with_slow": "{n} clients + slow one"}
+PHASES = {
+    "one": "1 client",
+    "all": "{n} clients",
+    "all_with_slow": "{n} clients + slow one",
+    "all_with_hostile": "{n} clients + hostile",
+}
 
 
 def camera_result(people: int = 4) -> dict[str, Any]:
@@ -267,6 +272,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="each measured span")
     parser.add_argument("--warmup", type=float, default=3.0, help="before each span")
     parser.add_argument("--rounds", type=int, default=8, help="of without / with the slow one")
+    parser.add_argument(
+        "--hostile",
+        type=int,
+        default=80,
+        help="stalled clients in each round's hostile phase, beside a subscribe flood, "
+        "bad frames and a reconnect storm (bench/web_hostile.py); 0: no hostile phase",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "web.json")
     args = parser.parse_args()
 
@@ -293,13 +305,14 @@ def main() -> int:
                 *(sys.executable, "-m", "bench.web_clients", str(port), str(out)),
                 *("--clients", str(args.clients), "--channels", ",".join(CHANNELS)),
                 *("--seconds", str(args.seconds), "--warmup", str(args.warmup)),
-                *("--rounds", str(args.rounds)),
+                *("--rounds", str(args.rounds), "--hostile", str(args.hostile)),
             ],
             cwd=REPO,
         )
         status_url = f"http://127.0.0.1:{port}/api/v1/status/websocket"
         sampler = Sampler({"server": server.pid, "clients": clients_proc.pid}, status_url)
-        budget = (2 * args.rounds + 1) * (args.seconds + args.warmup) + 120
+        phases = 2 + (args.hostile > 0)
+        budget = (phases * args.rounds + 1) * (args.seconds + args.warmup) + 120
         if clients_proc.wait(budget) != 0:
             raise RuntimeError(f"the clients failed (exit {clients_proc.returncode})")
         sampler.stop()
@@ -341,6 +354,20 @@ def summarise(
         report["rate_hz"] = report["received"] / (end - start)
         report["server_view"] = sampler.status_at(end)
     base, with_slow = phases["all"], phases["all_with_slow"]
+    hostile: dict[str, Any] = {}
+    if "all_with_hostile" in phases:
+        under = phases["all_with_hostile"]
+        metrics = CHANNELS[0]
+        hostile = {
+            "latency_ms_p50_with_hostile": under["latency_ms_p50"],
+            "latency_ms_p99_with_hostile": under["latency_ms_p99"],
+            "hostile_p50_change": under["latency_ms_p50"] / base["latency_ms_p50"] - 1,
+            "hostile_p99_change": under["latency_ms_p99"] / base["latency_ms_p99"] - 1,
+            "hostile_rate_change": under["channels"][metrics]["rate_hz_median"]
+            / base["channels"][metrics]["rate_hz_median"]
+            - 1,
+            "hostile": orjson.loads(clients["hostile"].item()),
+        }
     return {
         "machine": {"platform": platform.platform(), "cpus": psutil.cpu_count()},
         "clients": args.clients,
@@ -356,6 +383,7 @@ def summarise(
         "server_cpu_percent": base["cpu_percent"],
         "phases": phases,
         "slow_client": slow_reports,
+        **hostile,
     }
 
 
@@ -390,6 +418,21 @@ def print_table(result: dict[str, Any], n: int) -> None:
         f"p99 of each round (ms), the noise to read that against: without the slow client "
         f"{rounds['all']}; with it {rounds['all_with_slow']}"
     )
+    if "hostile" in result:
+        rounds_h = ", ".join(
+            f"{v:.0f}" for v in result["phases"]["all_with_hostile"]["latency_ms_p99_per_round"]
+        )
+        totals: dict[str, int] = {}
+        for report in result["hostile"]:
+            for key, value in report.items():
+                totals[key] = totals.get(key, 0) + value
+        print(
+            f"hostile phase: the well-behaved clients' p50 moved by "
+            f"{result['hostile_p50_change']:+.1%}, p99 by {result['hostile_p99_change']:+.1%} "
+            f"(p99 per round {rounds_h}), their rate by {result['hostile_rate_change']:+.1%} "
+            f"(target within 10 %). What the hostile clients did and got: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))
+        )
     slows = result["slow_client"]
     told = sorted({state for slow in slows for state in slow["states"]}) or ["none"]
     buffered = max(s["server_view"]["buffered_bytes"] for s in slows)

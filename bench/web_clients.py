@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import sys
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     tasks = [asyncio.create_task(subscribers[0].run(url))]
     phases: list[tuple[str, float, float]] = []
     slow_reports: list[dict[str, Any]] = []
+    hostile_reports: list[dict[str, Any]] = []
 
     async def measure(name: str) -> None:
         await asyncio.sleep(args.warmup)
@@ -146,8 +148,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     await measure("one")
     tasks += [asyncio.create_task(s.run(url)) for s in subscribers[1:]]
     await asyncio.wait_for(asyncio.gather(*(s.subscribed.wait() for s in subscribers)), 60)
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         await measure("all")
+        if args.hostile:
+            hostile_out = args.output.with_name(f"hostile-{round_}.json")
+            hostile = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "bench.web_hostile", str(args.port), str(hostile_out)),
+                *("--seconds", str(args.warmup + args.seconds), "--stalled", str(args.hostile)),
+                *("--channels", ",".join(args.channels)),
+            )
+            await measure("all_with_hostile")
+            if await asyncio.wait_for(hostile.wait(), 60) != 0:
+                raise RuntimeError(f"the hostile clients failed (exit {hostile.returncode})")
+            hostile_reports.append(orjson.loads(hostile_out.read_bytes()))
         slow = SlowClient(args.channels)
         slow_task = asyncio.create_task(slow.run(url, args.port))
         await asyncio.wait_for(slow.subscribed.wait(), 30)
@@ -162,7 +175,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*tasks, return_exceptions=True)
     if failed:
         raise RuntimeError(f"{len(failed)} clients failed: {failed[0].exception()!r}")
-    return {"phases": phases, "subscribers": subscribers, "slow": slow_reports}
+    return {
+        "phases": phases,
+        "subscribers": subscribers,
+        "slow": slow_reports,
+        "hostile": hostile_reports,
+    }
 
 
 def main() -> int:
@@ -174,6 +192,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument(
+        "--hostile", type=int, default=0, help="stalled clients of a hostile phase (0: none)"
+    )
     args = parser.parse_args()
     out = uvloop.run(bench(args))  # the clients' own overhead is not the server's latency
     arrays: dict[str, Any] = {
@@ -181,6 +202,7 @@ def main() -> int:
         "phase_names": np.array([name for name, _, _ in out["phases"]]),
         "phase_bounds": np.array([(start, end) for _, start, end in out["phases"]]),
         "slow": np.array(orjson.dumps(out["slow"])),
+        "hostile": np.array(orjson.dumps(out["hostile"])),
     }
     for i, sub in enumerate(out["subscribers"]):
         arrays[f"received_{i}"] = np.array(sub.received_s)

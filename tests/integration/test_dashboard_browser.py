@@ -2,10 +2,11 @@
 
 Runs what a user runs: stream and inference workers, a synthetic camera and the
 system collector as processes, the dashboard server (uvicorn) in this process, and
-Debian's Chromium driven by Playwright. The page must show the camera tile drawing
-frames with boxes and the system and model charts filling, keep going across a
-server restart (it reconnects and resubscribes), and leave a screenshot in
-tests/artifacts/.
+Debian's Chromium driven by Playwright. The server has a token, as a published one
+must: the page is refused until the browser opens it once with ``?token=``, and then
+works on its cookie alone. It must show the camera tile drawing frames with boxes
+and the system and model charts filling, keep going across a server restart (it
+reconnects and resubscribes), and leave a screenshot in tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = REPO / "tests" / "artifacts"
+TOKEN = "browser-test-token"
 
 
 @pytest.fixture
 def pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Settings]:
-    settings = settings_for(kafka, tmp_path, window_grace_s=0.5, flush_interval_s=0.2)
+    settings = settings_for(
+        kafka, tmp_path, window_grace_s=0.5, flush_interval_s=0.2, web_token=TOKEN
+    )
     ensure_topics(settings)
     workers = [
         FaustWorker(settings, tmp_path / "stream.log"),
@@ -104,7 +108,10 @@ def test_the_page_shows_live_cameras_and_charts_and_survives_a_restart(
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"http://127.0.0.1:{port}/")
+            refused = page.goto(f"http://127.0.0.1:{port}/")
+            assert refused is not None and refused.status == 401
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")  # once: then the cookie
+            assert page.url == f"http://127.0.0.1:{port}/"  # the token left the address
             page.wait_for_selector("#connection[data-state=open]", timeout=20_000)
             # A camera tile appears and draws frames with their boxes.
             page.wait_for_selector(".tile[data-drawn]", timeout=60_000)

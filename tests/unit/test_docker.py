@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kestrel.errors import SettingsError
-from kestrel.settings import ENV_PREFIX, Settings
+from kestrel.settings import ENV_PREFIX, Settings, load_settings
 from web.access import check_exposure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,5 +82,5 @@ def test_the_published_dashboard_requires_a_token() -> None:
     # ${VAR:?message}: compose refuses to start when the operator has not set it.
     assert env["KESTREL_WEB_TOKEN"].startswith("${KESTREL_WEB_TOKEN:?")
     with pytest.raises(SettingsError, match="KESTREL_WEB_TOKEN"):
-        check_exposure(Settings(web_host="0.0.0.0"))
-    check_exposure(Settings(web_host="0.0.0.0", web_token="x" * 32))
+        check_exposure(load_settings(web_host="0.0.0.0"))
+    check_exposure(load_settings(web_host="0.0.0.0", web_token="x" * 32))
