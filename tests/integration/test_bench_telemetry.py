@@ -20,10 +20,10 @@ def test_the_telemetry_benchmark_measures_every_consumer_and_writes_its_json(
     tmp_path: Path,
 ) -> None:
     output = tmp_path / "telemetry.json"
-    args = ["--sources", "20", "--seconds", "20", "--partitions", "2"]
+    args = ["--sources", "20", "--seconds", "40", "--partitions", "2"]
     args += ["--latency-sources", "2", "--latency-seconds", "15"]
-    # Timed from 10 % to 100 % of the input committed: with this little input, offsets
-    # that advance once a second (the default flush) can jump the whole span at once.
+    # Timed from 10 % to 100 % of the input committed, which must take a few commits:
+    # offsets advance once a flush (1 s by default), so a small run flushes more often.
     args += ["--flush-interval-s", "0.2"]
     result = run_benchmark("bench.telemetry", args, output, timeout_s=580)
     for key in ("raw_samples_per_s", "kestrel_samples_per_s", "quix_samples_per_s"):
