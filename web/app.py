@@ -123,14 +123,18 @@ class Dashboard:
         async def send(raw: bytes) -> None:
             # Every write has the same deadline: a client that takes nothing for
             # stall_s costs no more than that (ClientStalled ends its connection).
+            # (asyncio.timeout, not wait_for: no task per message.)
             try:
-                await asyncio.wait_for(websocket.send_text(raw.decode()), stall_s)
+                async with asyncio.timeout(stall_s):
+                    await websocket.send_text(raw.decode())
             except TimeoutError:
                 raise ClientStalled(f"took no data for {stall_s:g} s") from None
 
         async def close(code: int, reason: str) -> None:
+            # Not cut short: on a stalled socket the close frame cannot go out, and the
+            # websockets library then aborts the TCP connection after its close timeout.
             with contextlib.suppress(Exception):  # its socket may be gone already
-                await asyncio.wait_for(websocket.close(code, reason[:120]), 1.0)
+                await websocket.close(code, reason[:120])
 
         try:
             authenticated = await self._hello(websocket)
@@ -282,7 +286,8 @@ class Dashboard:
 
         async def send(raw: bytes) -> None:
             try:
-                await asyncio.wait_for(queue.put(raw), stall_s)
+                async with asyncio.timeout(stall_s):
+                    await queue.put(raw)
             except TimeoutError:
                 raise ClientStalled(f"took no data for {stall_s:g} s") from None
 
