@@ -68,7 +68,12 @@ class Dashboard:
         self.settings = settings
         self.access = Access(settings)
         self.hub = Hub(stall_s=settings.web_stall_s)
-        self.cache = LiveCache(self.hub, round(settings.window_grace_s * 1000))
+        self.cache = LiveCache(
+            self.hub,
+            round(settings.window_grace_s * 1000),
+            settings.max_sources,
+            settings.max_fields,
+        )
         self.frames = FrameCache()
         self.feed = HotCacheFeed(settings, self.cache, self.frames) if follow_kafka else None
         self.producer = KestrelProducer(settings) if follow_kafka else None

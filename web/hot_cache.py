@@ -13,7 +13,10 @@ It holds, for every source and field:
 and the active alerts, the last 200 alert records, each model's latest energy
 mapping, and each camera's latest result. It is plain memory owned by one process
 (the web server), filled by :class:`web.feed.HotCacheFeed`; its size is bounded by
-the number of (source, field) pairs and cameras, never by time.
+the number of (source, field) pairs and cameras, never by time. Producers choose
+source and field names, so both are capped: past ``max_sources`` the source updated
+least recently is forgotten (a dashboard shows what is live), and a source's fields
+past ``max_fields`` are left out (counted in ``refused``).
 """
 
 from __future__ import annotations
@@ -56,7 +59,12 @@ class _Series:
 class HotCache:
     """Last 5 minutes of aggregates, running windows and latest values; see the module."""
 
-    def __init__(self, grace_ms: int = 1_000) -> None:
+    def __init__(self, grace_ms: int = 1_000, max_sources: int = 1000, max_fields: int = 256):
+        self.max_sources = max_sources
+        self.max_fields = max_fields
+        self.refused = 0  # fields of messages left out: over max_fields
+        self._touched: dict[str, None] = {}  # sources, least recently updated first
+        self._series_keys: dict[str, set[tuple[str, str, str]]] = {}
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._running: dict[str, PartitionWindows] = {}
         self._grace_ms = grace_ms
@@ -69,17 +77,47 @@ class HotCache:
         self.dropped: dict[str, dict[str, int]] = {}
 
     # Feeding ---------------------------------------------------------------------------
+    def _touch(self, source: str) -> None:
+        """``source`` was just updated; past the cap, forget the stalest source."""
+        self._touched.pop(source, None)
+        self._touched[source] = None
+        if len(self._touched) > self.max_sources:
+            self._forget(next(iter(self._touched)))
+
+    def _forget(self, source: str) -> None:
+        self._touched.pop(source, None)
+        self.latest.pop(source, None)
+        self._running.pop(source, None)
+        self.energy.pop(source, None)
+        for key in self._series_keys.pop(source, set()):
+            self._series.pop(key, None)
+
     def add_aggregate(self, aggregate: WindowAggregate) -> None:
         key = (aggregate.source, aggregate.field, aggregate.window)
         series = self._series.get(key)
         if series is None:
+            keys = self._series_keys.setdefault(aggregate.source, set())
+            if len(keys) >= self.max_fields * len(WINDOW_SIZES_MS):
+                self.refused += 1
+                return
+            keys.add(key)
             series = self._series[key] = _Series()
         series.add(aggregate)
+        self._touch(aggregate.source)
 
     def add_samples(self, envelope: MetricEnvelope) -> None:
         """A collector message: latest values, and the running windows."""
         batch = SampleBatch.from_envelope(envelope)
+        self._touch(envelope.source)
         latest = self.latest.setdefault(envelope.source, {})
+        known = set(latest)
+        if len(known.union(batch.fields)) > self.max_fields:
+            kept = {n: c for n, c in batch.fields.items() if n in known}
+            room = self.max_fields - len(known)
+            for name in [n for n in batch.fields if n not in known][:room]:
+                kept[name] = batch.fields[name]
+            self.refused += len(batch.fields) - len(kept)
+            batch = SampleBatch(batch.source, batch.timestamps, kept)
         timestamps = batch.timestamps.tolist()
         for name, column in batch.fields.items():
             for t, value in zip(reversed(timestamps), reversed(column.tolist()), strict=True):
@@ -98,6 +136,7 @@ class HotCache:
 
     def add_energy(self, envelope: MetricEnvelope) -> None:
         if envelope.energy_visual is not None:
+            self._touch(envelope.source)
             self.energy[envelope.source] = {
                 "timestamp": envelope.timestamp,
                 **envelope.energy_visual.model_dump(),

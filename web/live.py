@@ -38,8 +38,10 @@ def camera_summary(result: CameraResult, dropped: dict[str, int] | None = None) 
 
 
 class LiveCache(HotCache):
-    def __init__(self, hub: Hub, grace_ms: int = 1_000) -> None:
-        super().__init__(grace_ms)
+    def __init__(
+        self, hub: Hub, grace_ms: int = 1_000, max_sources: int = 1000, max_fields: int = 256
+    ) -> None:
+        super().__init__(grace_ms, max_sources, max_fields)
         self.hub = hub
 
     def source_state(self, source: str) -> dict[str, Any]:

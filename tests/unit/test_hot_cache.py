@@ -134,3 +134,23 @@ def test_dropped_frames_are_counted_per_camera_and_reason() -> None:
         )
     assert cache.dropped == {"door": {"backpressure": 2, "expired": 1}}
     assert cache.results == {}, "a dropped frame is not a result"
+
+
+def test_hostile_source_and_field_names_cannot_grow_the_cache_past_its_caps() -> None:
+    cache = HotCache(max_sources=3, max_fields=2)
+    cache.add_aggregate(aggregate(0))  # source "system"
+    for i in range(10):
+        cache.add_samples(parse_envelope(samples(f"model:junk{i}", [(1_000 + i, 1.0)])))
+    # The three updated last are kept; "system" and its aggregates went with the rest.
+    assert sorted(cache.latest) == ["model:junk7", "model:junk8", "model:junk9"]
+    assert (
+        cache.sources() == sorted(cache.latest) and cache.aggregates("system", "cpu_percent") == []
+    )
+    for name in ("a", "b", "c", "d"):
+        cache.add_samples(parse_envelope(samples("model:junk9", [(2_000, 1.0)], name=name)))
+    fields = {"cpu_percent", "a", "b", "c", "d"}
+    assert len(cache.latest["model:junk9"]) == 2 and set(cache.latest["model:junk9"]) <= fields
+    assert {row["field"] for row in cache.running("model:junk9")} <= set(
+        cache.latest["model:junk9"]
+    )
+    assert cache.refused == 3  # b, c and d left out (cpu_percent and a fit), counted
