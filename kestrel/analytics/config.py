@@ -14,6 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kestrel.analytics.attractor import MIN_POINTS
 from kestrel.analytics.dtw import REFERENCE_PATTERNS
 from kestrel.analytics.temporal import RuleSpec, parse_rule
 from kestrel.errors import KestrelError
@@ -79,7 +80,15 @@ class PatternWatch(_Strict):
 
 class PatternRules(_Strict):
     length: int = Field(default=30, ge=4, description="Seconds of 1 s means compared.")
-    max_distance: float = Field(default=0.45, gt=0)
+    max_distance: float = Field(default=0.45, gt=0, description="DTW's cut-off.")
+    lcs_max_distance: float | None = Field(
+        default=0.3, gt=0, le=1, description="LCS of SAX words; null: not computed."
+    )
+    edit_max_distance: float | None = Field(
+        default=0.4, gt=0, le=1, description="Edit distance of SAX words; null: not computed."
+    )
+    sax_segments: int = Field(default=15, ge=2, le=256)
+    sax_alphabet: int = Field(default=7, ge=2, le=26)
     watch: list[PatternWatch] = []
     shapes: dict[str, list[float]] = Field(
         default_factory=dict, description="Named shapes added to the built-in ones."
@@ -90,12 +99,42 @@ class PatternRules(_Strict):
         extra = {name: tuple(shape) for name, shape in self.shapes.items()}
         return {**REFERENCE_PATTERNS, **extra}
 
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each measure computed, with its cut-off."""
+        cuts = {"dtw": self.max_distance, "lcs": self.lcs_max_distance}
+        cuts["edit"] = self.edit_max_distance
+        return {measure: cut for measure, cut in cuts.items() if cut is not None}
+
+
+class RegimeRules(_Strict):
+    """Attractor and regime of each watched field's 1 s means (kestrel.analytics.attractor)."""
+
+    window: int = Field(
+        default=300, ge=MIN_POINTS, le=1200, description="Seconds of 1 s means analysed."
+    )
+    every_s: int = Field(default=10, ge=1, description="How often a field is analysed.")
+    confirm: int = Field(
+        default=3,
+        ge=1,
+        description="Analyses in a row a new regime needs before it counts: a window that "
+        "spans the change reads as neither regime (often chaotic) for a while.",
+    )
+    settle_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A regime change alert clears once the new regime has held this long.",
+    )
+    severity: Severity = "warning"
+    watch: list[PatternWatch] = []
+
 
 class AnalyticsConfig(_Strict):
     rules: list[TemporalRule] = []
     jank: list[JankRule] = []
     degradation: list[DegradationRule] = []
     patterns: PatternRules = Field(default_factory=PatternRules)
+    regimes: RegimeRules = Field(default_factory=RegimeRules)
 
 
 def load_rules(path: Path | None = None) -> AnalyticsConfig:

@@ -3,7 +3,12 @@
 Pure logic, no Kafka: the analytics agent feeds it every collector message and
 publishes what it returns. Per source it runs the temporal rules on every sample, the
 jank detector on every frame, and, on every finished second of event time, the
-degradation check and the pattern matcher on that second's mean.
+degradation check and the pattern matcher (DTW, LCS and edit distance) on that
+second's mean; every ``regimes.every_s`` seconds it reads each watched field's regime
+(:mod:`kestrel.analytics.attractor`) and emits the field's temporal analysis
+(:meth:`AnalyticsEngine.take_analyses`). A regime that changes, and holds for
+``regimes.confirm`` analyses, raises a ``regime_change`` alert that clears once the new
+regime has held ``regimes.settle_s``.
 
 Each check gives a verdict per sample (or second); an :class:`AlertTracker` turns
 verdicts into alerts: the first violation starts the alert, and holding again for the
@@ -28,11 +33,13 @@ import numpy as np
 
 from kestrel.analytics.anomaly import Degradation, Jank, SecondMeans
 from kestrel.analytics.config import AnalyticsConfig, PatternRules
-from kestrel.analytics.dtw import best_match
+from kestrel.analytics.patterns import match_all
+from kestrel.analytics.regimes import RegimeState, analysis
 from kestrel.analytics.temporal import Monitor, Verdict
 from kestrel.schemas.alerts import Alert, AlertWindow
+from kestrel.schemas.temporal import TemporalAnalysis
 
-Kind = Literal["temporal", "anomaly", "pattern"]
+Kind = Literal["temporal", "anomaly", "pattern", "regime"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,10 @@ class _FieldSeconds:
     means: SecondMeans = field(default_factory=SecondMeans)
     degradation: tuple[Check, Degradation] | None = None
     recent: deque[float] | None = None  # for pattern matching
+    regime: RegimeState | None = None
+    matches: list[dict[str, Any]] = field(default_factory=list)  # at the last comparison
+    last_matches: list[dict[str, Any]] = field(default_factory=list)
+    last_matched_ms: int | None = None
 
 
 @dataclass
@@ -137,8 +148,23 @@ class AnalyticsEngine:
         self.tracker = AlertTracker(active)
         self.sources: dict[str, _SourceState] = {}
         self.patterns = config.patterns.all_shapes
+        self.thresholds = config.patterns.thresholds
         #: Sources whose state changed since the caller last cleared this.
         self.dirty: set[str] = set()
+        self._analyses: list[TemporalAnalysis] = []
+        regimes = config.regimes
+        self._regime_check = Check(
+            "regime_change",
+            "regime",
+            f"attractor of the last {regimes.window} s of 1 s means",
+            regimes.severity,
+            round(regimes.settle_s * 1000),
+        )
+
+    def take_analyses(self) -> list[TemporalAnalysis]:
+        """The temporal analyses emitted since the last call (for analytics.temporal)."""
+        out, self._analyses = self._analyses, []
+        return out
 
     def observe(
         self,
@@ -202,27 +228,69 @@ class AnalyticsEngine:
         if seconds.recent is not None:
             seconds.recent.append(mean)
             if len(seconds.recent) == seconds.recent.maxlen:
-                self._match(alerts, source, name, seconds.recent, end_ms)
+                self._match(alerts, source, name, seconds, end_ms)
+        due = (second + 1) % self.config.regimes.every_s == 0
+        if seconds.regime is not None:
+            seconds.regime.means.append(mean)
+            if due:
+                self._regime(alerts, source, name, seconds.regime, mean, end_ms)
+        if due and (seconds.regime is not None or seconds.recent is not None):
+            self._analyses.append(
+                analysis(
+                    source,
+                    name,
+                    end_ms,
+                    seconds.regime,
+                    (seconds.matches, seconds.last_matches, seconds.last_matched_ms),
+                )
+            )
+
+    def _regime(
+        self,
+        alerts: list[Alert],
+        source: str,
+        name: str,
+        state: RegimeState,
+        mean: float,
+        end_ms: int,
+    ) -> None:
+        verdict = state.analyse(name, mean, end_ms, self.config.regimes)
+        if verdict is not None:
+            span = 0 if verdict.ok else len(state.means) * 1000
+            self._track(alerts, self._regime_check, source, end_ms, verdict, span)
 
     def _match(
-        self, alerts: list[Alert], source: str, name: str, recent: deque[float], end_ms: int
+        self, alerts: list[Alert], source: str, name: str, seconds: _FieldSeconds, end_ms: int
     ) -> None:
         rules: PatternRules = self.config.patterns
+        recent = seconds.recent
+        assert recent is not None
         values = np.fromiter(recent, dtype=np.float64, count=len(recent))
-        match, distances = best_match(values, self.patterns, rules.max_distance)
+        matches, distances = match_all(
+            values, self.patterns, self.thresholds, rules.sax_segments, rules.sax_alphabet
+        )
+        seconds.matches = [m.to_json() for m in matches]
+        if matches:
+            seconds.last_matches, seconds.last_matched_ms = seconds.matches, end_ms
         if not distances:
             return  # a flat stretch has no shape: no verdict either way
         span = len(recent) * 1000
+        measures = ", ".join(self.thresholds)
         for pattern in self.patterns:
-            check = Check(f"pattern:{pattern}", "pattern", f"DTW to '{pattern}'", "info", 0)
-            matched = match is not None and match.pattern == pattern
+            check = Check(f"pattern:{pattern}", "pattern", f"'{pattern}' by {measures}", "info", 0)
+            matched_by = [m.measure for m in matches if m.pattern == pattern]
             evidence = {
                 "pattern": pattern,
-                "distance": distances.get(pattern),
+                "distance": distances.get("dtw", {}).get(pattern),
                 "max_distance": rules.max_distance,
                 "seconds": len(recent),
+                "measures": {
+                    measure: {"distance": per.get(pattern), "threshold": self.thresholds[measure]}
+                    for measure, per in distances.items()
+                },
+                "matched_by": matched_by,
             }
-            verdict = Verdict(not matched, name, float(values[-1]), evidence)
+            verdict = Verdict(not matched_by, name, float(values[-1]), evidence)
             self._track(alerts, check, source, end_ms, verdict, span)
 
     def dump(self, source: str) -> dict[str, Any] | None:
@@ -240,6 +308,10 @@ class AnalyticsEngine:
                     if seconds.degradation is None
                     else seconds.degradation[1].to_json(),
                     "recent": None if seconds.recent is None else list(seconds.recent),
+                    "regime": None if seconds.regime is None else seconds.regime.to_json(),
+                    "matches": seconds.matches,
+                    "last_matches": seconds.last_matches,
+                    "last_matched_ms": seconds.last_matched_ms,
                 }
                 for name, seconds in state.seconds.items()
             },
@@ -265,6 +337,11 @@ class AnalyticsEngine:
                 seconds.degradation[1].restore(saved["baseline"])
             if seconds.recent is not None and saved["recent"] is not None:
                 seconds.recent.extend(float(v) for v in saved["recent"])
+            if seconds.regime is not None and saved.get("regime") is not None:
+                seconds.regime.restore(saved["regime"])
+            seconds.matches = list(saved.get("matches", []))
+            seconds.last_matches = list(saved.get("last_matches", []))
+            seconds.last_matched_ms = saved.get("last_matched_ms")
         self.tracker.load(data["alerts"])
 
     def _new_source(self, source: str) -> _SourceState:
@@ -318,6 +395,12 @@ class AnalyticsEngine:
                 for name in watch.fields:
                     seconds.setdefault(name, _FieldSeconds()).recent = deque(
                         maxlen=config.patterns.length
+                    )
+        for watch in config.regimes.watch:
+            if watch.applies_to(source):
+                for name in watch.fields:
+                    seconds.setdefault(name, _FieldSeconds()).regime = RegimeState(
+                        deque(maxlen=config.regimes.window)
                     )
         state = _SourceState(monitors, jank, seconds)
         self.sources[source] = state

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from bench.systems import logistic_map
 from kestrel.analytics.anomaly import Degradation, Jank, SecondMeans
 from kestrel.analytics.config import (
     AnalyticsConfig,
@@ -16,6 +17,7 @@ from kestrel.analytics.config import (
     JankRule,
     PatternRules,
     PatternWatch,
+    RegimeRules,
     RulesFileError,
     TemporalRule,
     load_rules,
@@ -243,6 +245,13 @@ FULL_RULES = AnalyticsConfig(
     jank=[JankRule(source="system", field="cpu_percent", budget_ms=50.0)],
     degradation=[DegradationRule(source="system", fields={"cpu_percent": "higher"})],
     patterns=PatternRules(length=8, watch=[PatternWatch(source="system", fields=["cpu_percent"])]),
+    regimes=RegimeRules(
+        window=40,
+        every_s=5,
+        confirm=1,
+        settle_s=10,
+        watch=[PatternWatch(source="system", fields=["cpu_percent"])],
+    ),
 )
 
 
@@ -264,6 +273,9 @@ stretches = st.lists(
 # A full 5-minute-style baseline, then a spike, cut inside it: the degradation alert
 # raised before the cut must clear after it, which only the restored baseline can judge.
 @example([(50.0, 400), (97.0, 50), (50.0, 100)], 0.8)
+# A flat minute, then an 8 s square wave: the regime changes (fixed point -> periodic)
+# before the cut and its alert must clear after it, from the restored regime state.
+@example([(50.0, 600), *[(3.0, 40), (97.0, 40)] * 8], 0.75)
 def test_an_engine_restored_from_its_dump_at_any_point_raises_the_same_alerts(
     levels: list[tuple[float, int]], where: float
 ) -> None:
@@ -282,3 +294,33 @@ def test_an_engine_restored_from_its_dump_at_any_point_raises_the_same_alerts(
         second.load("system", dumped)
     got += [a for ts, data in rows[cut:] for a in second.observe("system", ts, data)]
     assert alert_keys(got) == alert_keys(expected)
+    analyses = first.take_analyses() + second.take_analyses()
+    assert analyses == whole.take_analyses()  # regimes and matches, to the last figure
+
+
+def test_a_frame_time_that_turns_chaotic_raises_a_regime_change_then_clears() -> None:
+    rules = AnalyticsConfig(
+        regimes=RegimeRules(
+            window=60,
+            every_s=5,
+            confirm=3,
+            settle_s=20,
+            watch=[PatternWatch(source="ui", fields=["frame_time_ms"])],
+        )
+    )
+    rng = np.random.default_rng(0)
+    steady = [16.0 + rng.normal(0, 0.5) for _ in range(90)]
+    chaos = [10 + 20 * v for v in logistic_map(150, x0=0.1)]
+    engine = AnalyticsEngine(rules, {})
+    alerts = []
+    for s, value in enumerate([*steady, *chaos]):
+        stamps = [1000 * s + 100 * i for i in range(10)]
+        alerts += engine.observe("ui", stamps, {"frame_time_ms": [value] * 10})
+    regime = [a for a in alerts if a.kind == "regime"]
+    assert [a.state for a in regime] == ["active", "cleared"]
+    raised = regime[0]
+    assert (raised.evidence["before"], raised.evidence["after"]) == ("fixed_point", "chaotic")
+    assert raised.evidence["lyapunov_per_s"] > 0.2
+    assert raised.timestamp > 90_000 and regime[1].timestamp - raised.timestamp >= 20_000
+    (analysis, *_) = engine.take_analyses()[-1:]
+    assert analysis.regime is not None and analysis.regime.kind == "chaotic"
