@@ -5,8 +5,9 @@ rules never slow the windows down and each scales on its own. Per message: valid
 apply the same checks and 60 Hz budget as the stream stage (a message that stage
 refuses is not analysed either), run every check of the rules file
 (:class:`kestrel.analytics.engine.AnalyticsEngine`) and publish alert starts and
-ends to ``alerts``; for a model source, publish the latest sample with its
-``energy_visual`` to ``metrics.energy``.
+ends to ``alerts``, and each watched field's temporal analysis (regime and pattern
+matches) to ``analytics.temporal``; for a model source, publish the latest sample
+with its ``energy_visual`` to ``metrics.energy``.
 
 Invalid messages are the stream stage's to dead-letter; this stage counts and skips
 them. Everything the checks remember per source (pending deadlines, 5-minute
@@ -39,6 +40,7 @@ from kestrel.state import Event, Restored, StateStore, Task
 from kestrel.stats import write_stats
 from kestrel.topics import (
     ALERTS,
+    ANALYTICS_TEMPORAL,
     COLLECTOR_TOPICS,
     DEADLETTER,
     METRICS_ENERGY,
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 collector_topics = faust_topic(app, settings, *COLLECTOR_TOPICS)
 alerts_topic = faust_topic(app, settings, ALERTS)
 energy_topic = faust_topic(app, settings, METRICS_ENERGY)
+temporal_topic = faust_topic(app, settings, ANALYTICS_TEMPORAL)
 TOPIC_SUFFIX = {spec.name(settings): spec.suffix for spec in COLLECTOR_TOPICS}
 
 
@@ -91,18 +94,22 @@ class AnalyticsStage:
         self.messages = 0
         self.skipped: dict[str, int] = {}
         self.alerts: dict[str, int] = {"active": 0, "cleared": 0}
+        self.analyses = 0
         self._started = False
 
     async def start(self) -> None:
         if not self._started:
-            outputs = [ALERTS, METRICS_ENERGY, DEADLETTER]
+            outputs = [ALERTS, METRICS_ENERGY, ANALYTICS_TEMPORAL, DEADLETTER]
             await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings, outputs)
             log.info(
-                "analytics: %d temporal rules, %d jank, %d degradation, %d pattern watches",
+                "analytics: %d temporal rules, %d jank, %d degradation, %d pattern watches "
+                "(%s), %d regime watches",
                 len(self.rules.rules),
                 len(self.rules.jank),
                 len(self.rules.degradation),
                 len(self.rules.patterns.watch),
+                ", ".join(self.rules.patterns.thresholds),
+                len(self.rules.regimes.watch),
             )
             self._started = True
         await self.store.start(app.crash)
@@ -142,6 +149,14 @@ class AnalyticsStage:
                 alert.model_dump_json().encode(),
                 alert.alert_id.encode(),
                 timestamp_ms=alert.timestamp,
+            )
+        for analysis in part.engine.take_analyses():
+            self.analyses += 1
+            task.send(
+                temporal_topic.get_topic_name(),
+                analysis.model_dump_json().encode(),
+                analysis.key.encode(),
+                timestamp_ms=analysis.timestamp,
             )
         if envelope.source.startswith("model:"):
             energy = envelope.model_copy(
@@ -183,6 +198,7 @@ class AnalyticsStage:
             "messages": self.messages,
             "skipped": dict(self.skipped),
             "alerts": dict(self.alerts),
+            "analyses": self.analyses,
             "active_alerts": sum(
                 len(t.model.engine.tracker.active) for t in self.store.tasks.values()
             ),

@@ -87,6 +87,12 @@ ALERTS = TopicSpec(
     key="alert_id",
     config={"retention.ms": str(7 * 24 * 3600 * 1000)},
 )
+ANALYTICS_TEMPORAL = TopicSpec(
+    "analytics.temporal",
+    doc="Each watched field's regime (attractor) and pattern matches, every few seconds.",
+    key="source|field",
+    compacted=True,
+)
 CAMERAS = TopicSpec(
     "cameras",
     doc="The camera registry: each camera's config, a tombstone when it is removed.",
@@ -174,6 +180,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     METRICS_LATE,
     METRICS_ENERGY,
     ALERTS,
+    ANALYTICS_TEMPORAL,
     CAMERAS,
     CAMERA_FRAMES,
     CAMERA_DETECTIONS,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from kestrel.schemas.alerts import Alert
 from kestrel.schemas.camera import CameraConfig, CameraResult, FrameDetections, FrameDropped
 from kestrel.schemas.metrics import LateSamples, MetricEnvelope, WindowAggregate
+from kestrel.schemas.temporal import TemporalAnalysis
 
 HERE = Path(__file__).parent
 SCHEMAS: dict[str, type[BaseModel]] = {
@@ -22,6 +23,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "camera_result.json": CameraResult,
     "frame_detections.json": FrameDetections,
     "frame_dropped.json": FrameDropped,
+    "temporal_analysis.json": TemporalAnalysis,
 }
 
 

@@ -28,7 +28,7 @@ class Alert(BaseModel):
 
     alert_id: str = Field(description='"<rule>|<source>|<field>"; the Kafka key.')
     rule: str = Field(description="The rule's name in the rules file.")
-    kind: Literal["temporal", "anomaly", "pattern"]
+    kind: Literal["temporal", "anomaly", "pattern", "regime"]
     check: str = Field(description="What was checked, e.g. 'frame_time_ms <= 16.67 always'.")
     state: Literal["active", "cleared"]
     severity: Literal["info", "warning", "critical"]

@@ -7,19 +7,29 @@ value, times and evidence are known exactly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from kestrel.broker import LocalKafka
 from kestrel.schemas import Alert
+from kestrel.schemas.temporal import TemporalAnalysis
 from kestrel.settings import Settings
-from kestrel.topics import ALERTS, METRICS_ENERGY, METRICS_MODEL, METRICS_SYSTEM, METRICS_UI
+from kestrel.topics import (
+    ALERTS,
+    ANALYTICS_TEMPORAL,
+    METRICS_ENERGY,
+    METRICS_MODEL,
+    METRICS_SYSTEM,
+    METRICS_UI,
+)
 from tests.conftest import settings_for
 from tests.integration.telemetry_helpers import Row, envelope, produce
 from tests.kafka_helpers import FaustWorker, read_until
@@ -177,3 +187,56 @@ def test_model_messages_get_their_energy_mapping(analytics: tuple[Settings, Faus
         "animation_speed": 0.125,
         "lightning_intensity": 0.8,
     }
+
+
+REGIME_RULES = """
+regimes:
+  window: 60
+  every_s: 5
+  confirm: 3
+  settle_s: 20
+  watch:
+    - source: "model:regime"
+      fields: [tokens_per_second]
+"""
+
+
+def test_a_field_that_starts_to_oscillate_raises_a_regime_change_with_its_evidence(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Steady tokens/s for 90 s, then an 8 s oscillation: fixed point -> periodic."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(REGIME_RULES)
+    settings = settings_for(kafka, tmp_path, rules_path=rules)
+    worker = FaustWorker(settings, tmp_path / "analytics.log", app="faust_app:analytics")
+    worker.start()
+    try:
+        rng = np.random.default_rng(5)
+        steady = [40.0 + rng.normal(0, 2.0) for _ in range(90)]
+        swinging = [40.0 + 15 * math.sin(2 * math.pi * s / 8) for s in range(120)]
+        rows = [  # 10 samples a second; each second's mean is the value above
+            Row("model:regime", T0 + 1000 * s + 100 * i, {"tokens_per_second": v})
+            for s, v in enumerate([*steady, *swinging])
+            for i in range(10)
+        ]
+        send(settings, METRICS_MODEL.name(settings), rows, per_message=10)
+        (raised,) = [a for a in alerts_until(settings, 1, "active") if a.kind == "regime"]
+        assert (raised.rule, raised.field) == ("regime_change", "tokens_per_second")
+        assert (raised.evidence["before"], raised.evidence["after"]) == ("fixed_point", "periodic")
+        assert abs(raised.evidence["period_s"] - 8) < 0.5
+        assert T0 + 90_000 < raised.timestamp <= T0 + 210_000
+        cleared = [a for a in alerts_until(settings, 1, "cleared") if a.kind == "regime"]
+        assert cleared[0].timestamp - raised.timestamp >= 20_000  # held settle_s
+
+        def periodic(msgs: list[Message]) -> bool:
+            last = TemporalAnalysis.model_validate_json(msgs[-1].value() or b"") if msgs else None
+            return last is not None and last.regime is not None and last.regime.kind == "periodic"
+
+        topic = ANALYTICS_TEMPORAL.name(settings)
+        records = read_until(settings, topic, periodic, timeout_s=60)
+        assert {m.key() for m in records} == {b"model:regime|tokens_per_second"}
+        last = TemporalAnalysis.model_validate_json(records[-1].value() or b"")
+        assert last.window_s == 60 and last.regime is not None
+        assert last.regime.period_s is not None and abs(last.regime.period_s - 8) < 0.5
+    finally:
+        worker.stop()
