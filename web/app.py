@@ -160,7 +160,14 @@ class Dashboard:
             "client_id": client.client_id,
             "heartbeat_s": HEARTBEAT_S,
             "max_hz": MAX_HZ,  # per (channel, key)
-            "channels": ["cameras", "camera:<id>", "metrics:<source>", "alerts", "system"],
+            "channels": [
+                "cameras",
+                "camera:<id>",
+                "metrics:<source>",
+                "alerts",
+                "analytics",
+                "system",
+            ],
         }
         try:
             await send(server_message("welcome", welcome))
@@ -416,6 +423,23 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
             return JSONResponse({"error": str(exc)}, 400)
         return JSONResponse([r.model_dump() for r in rows])
 
+    async def temporal(request: Request) -> Response:
+        """Every watched field's regime and matches; ``?source=`` (glob-free) narrows it."""
+        source = request.query_params.get("source")
+        rows = [
+            a.model_dump(mode="json")
+            for key, a in sorted(dash.cache.temporal.items())
+            if source is None or a.source == source
+        ]
+        return JSONResponse(rows)
+
+    async def temporal_field(request: Request) -> Response:
+        key = f"{request.path_params['source']}|{request.path_params['field']}"
+        found = dash.cache.temporal.get(key)
+        if found is None:
+            return JSONResponse({"error": f"no temporal analysis of {key!r}"}, 404)
+        return Response(found.model_dump_json(), media_type="application/json")
+
     async def metrics(request: Request) -> Response:
         stats = dash.hub.stats()
         clients_gauge.set(float(stats["clients"]))  # type: ignore[arg-type]
@@ -451,6 +475,8 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         Route("/api/v1/cameras/{camera_id}/frame.jpg", camera_frame),
         Route("/api/v1/frames/{frame_id}.jpg", frame_by_id),
         Route("/api/v1/metrics/{source}/aggregates", aggregates),
+        Route("/api/v1/analytics/temporal", temporal),
+        Route("/api/v1/analytics/temporal/{source}/{field}", temporal_field),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/", page),

@@ -25,9 +25,11 @@ from kestrel.camera.frames import parse_headers
 from kestrel.errors import InvalidMessage
 from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate, parse_envelope
 from kestrel.schemas.camera import CameraResult, FrameDropped
+from kestrel.schemas.temporal import TemporalAnalysis
 from kestrel.settings import Settings
 from kestrel.topics import (
     ALERTS,
+    ANALYTICS_TEMPORAL,
     CAMERA_FRAMES,
     CAMERA_RESULTS,
     COLLECTOR_TOPICS,
@@ -65,6 +67,7 @@ class HotCacheFeed:
         lookback = {ALERTS.suffix: ALERTS_LOOKBACK_MS, CAMERA_FRAMES.suffix: 0}
         lookback[CAMERA_RESULTS.suffix] = 60_000
         specs = [*COLLECTOR_TOPICS, METRICS_AGGREGATES, METRICS_ENERGY, ALERTS, CAMERA_RESULTS]
+        specs.append(ANALYTICS_TEMPORAL)
         if frames is not None:
             specs.append(CAMERA_FRAMES)
         self._plan: list[tuple[TopicSpec, int]] = [
@@ -81,6 +84,8 @@ class HotCacheFeed:
             return lambda r: cache.add_energy(MetricEnvelope.model_validate_json(_value(r)))
         if spec is ALERTS:
             return lambda r: cache.add_alert(Alert.model_validate_json(_value(r)))
+        if spec is ANALYTICS_TEMPORAL:
+            return lambda r: cache.add_temporal(TemporalAnalysis.model_validate_json(_value(r)))
         if spec is CAMERA_RESULTS:
             return self._add_result
         if spec is CAMERA_FRAMES:

@@ -11,7 +11,8 @@ It holds, for every source and field:
 * the **latest raw value** of each field, with its timestamp;
 
 and the active alerts, the last 200 alert records, each model's latest energy
-mapping, and each camera's latest result. It is plain memory owned by one process
+mapping, each watched field's latest temporal analysis (regime and pattern matches),
+and each camera's latest result. It is plain memory owned by one process
 (the web server), filled by :class:`web.feed.HotCacheFeed`; its size is bounded by
 the number of (source, field) pairs and cameras, never by time. Producers choose
 source and field names, so both are capped: past ``max_sources`` the source updated
@@ -27,6 +28,7 @@ from typing import Any
 
 from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate
 from kestrel.schemas.camera import CameraResult, FrameDropped
+from kestrel.schemas.temporal import TemporalAnalysis
 from tables.windows import PartitionWindows, SampleBatch, WindowKey, default_specs
 
 HORIZON_MS = 300_000
@@ -73,6 +75,8 @@ class HotCache:
         self.active_alerts: dict[str, Alert] = {}
         self.alert_history: deque[Alert] = deque(maxlen=ALERT_HISTORY)
         self.results: dict[str, CameraResult] = {}
+        #: Each watched field's latest temporal analysis, by ``source|field``.
+        self.temporal: dict[str, TemporalAnalysis] = {}
         #: Frames that got no result, per camera and reason (frame_dropped records).
         self.dropped: dict[str, dict[str, int]] = {}
 
@@ -89,6 +93,8 @@ class HotCache:
         self.latest.pop(source, None)
         self._running.pop(source, None)
         self.energy.pop(source, None)
+        for temporal_key in [k for k in self.temporal if k.startswith(f"{source}|")]:
+            del self.temporal[temporal_key]
         for key in self._series_keys.pop(source, set()):
             self._series.pop(key, None)
 
@@ -141,6 +147,13 @@ class HotCache:
                 "timestamp": envelope.timestamp,
                 **envelope.energy_visual.model_dump(),
             }
+
+    def add_temporal(self, analysis: TemporalAnalysis) -> None:
+        """A field's regime and matches (the analytics worker's; bounded by its watches)."""
+        current = self.temporal.get(analysis.key)
+        if current is None or current.timestamp <= analysis.timestamp:
+            self.temporal[analysis.key] = analysis
+        self._touch(analysis.source)
 
     def add_result(self, result: CameraResult) -> None:
         """A camera's latest result (by capture time)."""

@@ -11,6 +11,7 @@ channel                key                          payload
 ``alerts``             ``<alert_id>``               an alert's start or end
 ``cameras``            ``<camera_id>``              a camera's summary (counts, tracks)
 ``camera:<id>``        ``result``                   the camera's latest result
+``analytics``          ``<source>|<field>``         a field's regime and pattern matches
 =====================  ==========================  =====================================
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from kestrel.schemas import Alert, MetricEnvelope, WindowAggregate
 from kestrel.schemas.camera import CameraResult
+from kestrel.schemas.temporal import TemporalAnalysis
 from web.hot_cache import HotCache
 from web.hub import Hub
 
@@ -77,8 +79,15 @@ class LiveCache(HotCache):
         self.hub.publish("cameras", result.camera_id, summary)
         self.hub.publish(f"camera:{result.camera_id}", "result", result.model_dump(by_alias=True))
 
+    def add_temporal(self, analysis: TemporalAnalysis) -> None:
+        super().add_temporal(analysis)
+        if self.hub.wants("analytics"):
+            self.hub.publish("analytics", analysis.key, analysis.model_dump(mode="json"))
+
     def backfill(self, channel: str) -> dict[str, Any]:
         """What a client gets when it subscribes to ``channel``, before live updates."""
+        if channel == "analytics":
+            return {key: a.model_dump(mode="json") for key, a in sorted(self.temporal.items())}
         if channel == "alerts":
             return {
                 "active": [a.model_dump(mode="json") for a in self.active_alerts.values()],

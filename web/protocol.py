@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 VERSION = 1
 CHANNEL = re.compile(
-    r"^(cameras|alerts|system|camera:[A-Za-z0-9._-]{1,64}|metrics:[A-Za-z0-9:._/-]{1,110})$"
+    r"^(cameras|alerts|system|analytics|camera:[A-Za-z0-9._-]{1,64}|metrics:[A-Za-z0-9:._/-]{1,110})$"
 )
 MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
 
@@ -70,7 +70,7 @@ def channels_of(message: ClientMessage) -> list[str]:
             raise ProtocolError(
                 "unknown_channel",
                 f"{channel!r} is not a channel (cameras, camera:<id>, metrics:<source>, "
-                "alerts, system)",
+                "alerts, analytics, system)",
             )
     return channels
 

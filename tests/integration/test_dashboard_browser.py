@@ -24,11 +24,12 @@ from playwright.sync_api import Page, sync_playwright
 
 from kestrel.broker import LocalKafka
 from kestrel.schemas import parse_envelope
-from kestrel.settings import Settings, child_environment
+from kestrel.settings import Settings, child_environment, load_settings
 from kestrel.topics import METRICS_UI, ensure_topics
 from tests.conftest import settings_for
 from tests.kafka_helpers import REPO, FaustWorker, read_until
 from tests.web.test_protocol import Server
+from tests.web.test_temporal import analysis
 from web.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -158,6 +159,32 @@ def test_the_page_shows_live_cameras_and_charts_and_survives_a_restart(
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             assert errors == []
+            browser.close()
+    finally:
+        server.stop()
+
+
+def test_the_page_shows_each_watched_field_s_regime_and_matches(tmp_path: Path) -> None:
+    server = Server(create_app(load_settings(data_dir=tmp_path), follow_kafka=False))
+    server.start()
+    try:
+        server.call(server.dashboard.cache.add_temporal, analysis("fixed_point", 10_000))
+        with sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=ARGS,
+            )
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            row = '#temporal tr[data-key="model:llm|tokens_per_second"]'
+            page.wait_for_selector(f"{row}[data-regime=fixed_point]", timeout=20_000)
+            # A new analysis reaches the open page live, with its period and matches.
+            server.call(server.dashboard.cache.add_temporal, analysis("periodic", 20_000, 8.0))
+            page.wait_for_selector(f"{row}[data-regime=periodic]", timeout=20_000)
+            text = page.inner_text(row)
+            assert "period 8.0 s" in text and "sawtooth (dtw 0.30" in text
             browser.close()
     finally:
         server.stop()

@@ -7,7 +7,7 @@ const SYSTEM_FIELDS = ["cpu_percent", "memory_percent", "network_bytes_in", "dis
 const MODEL_FIELDS = ["fps", "latency_ms", "queue_wait_ms", "batch_size", "tokens_per_second",
                       "ttft_ms", "gpu_utilization", "vram_used_mb", "cache_hit_rate"];
 const MAX_MODELS = 4;
-const BASE_CHANNELS = ["cameras", "alerts", "system", "metrics:system"];
+const BASE_CHANNELS = ["cameras", "alerts", "analytics", "system", "metrics:system"];
 const BUDGET_MS = 1000 / 60;
 
 const state = {
@@ -20,6 +20,8 @@ const state = {
   charted: new Set(),   // sources whose charts exist
   alerts: new Map(),    // alert_id -> alert
   alertsDirty: false,
+  temporal: new Map(),  // "source|field" -> its latest temporal analysis
+  temporalDirty: false,
   ux: { frames: [], dropped: 0, inputLatency: null, pendingInput: null, last: null,
         report: { timestamp: [], data: { frame_time_ms: [], dropped_frames: [], input_latency_ms: [] } } },
 };
@@ -104,6 +106,10 @@ function onData(message) {
     const alerts = message.type === "backfill" ? [...payload.recent, ...payload.active] : [payload];
     alerts.forEach((a) => state.alerts.set(a.alert_id, a));
     state.alertsDirty = true;
+  } else if (channel === "analytics") {
+    const analyses = message.type === "backfill" ? Object.values(payload) : [payload];
+    analyses.forEach((a) => state.temporal.set(`${a.source}|${a.field}`, a));
+    state.temporalDirty = true;
   } else if (channel.startsWith("metrics:")) {
     onMetrics(channel.slice("metrics:".length), message);
   } else if (channel === "system") {
@@ -321,6 +327,39 @@ function drawAlerts() {
   if (alerts.length === 0) list.innerHTML = `<li class="empty">no alerts</li>`;
 }
 
+// --- temporal analysis -------------------------------------------------------------------
+function describeRegime(regime) {
+  if (!regime) return "collecting";
+  const parts = [regime.kind.replace("_", " ")];
+  if (regime.period_s !== null) parts.push(`period ${regime.period_s.toFixed(1)} s`);
+  if (regime.lyapunov_per_s !== null) parts.push(`λ ${regime.lyapunov_per_s.toFixed(3)}/s`);
+  return parts.join(", ");
+}
+
+function drawTemporal() {
+  const body = document.querySelector("#temporal tbody");
+  const rows = [...state.temporal.values()].sort((a, b) =>
+    `${a.source}|${a.field}`.localeCompare(`${b.source}|${b.field}`));
+  body.replaceChildren(...rows.map((a) => {
+    const tr = document.createElement("tr");
+    tr.dataset.key = `${a.source}|${a.field}`;
+    tr.dataset.regime = a.regime ? a.regime.kind : "";
+    const matches = a.last_matches.map((m) =>
+      `${m.pattern} (${m.measure} ${m.distance.toFixed(2)} ≤ ${m.threshold})`).join(", ");
+    const when = a.last_matched_ms ? ` at ${new Date(a.last_matched_ms).toLocaleTimeString()}` : "";
+    for (const text of [`${a.source}.${a.field}`, describeRegime(a.regime),
+                        matches ? matches + when : "no match"]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  }));
+  if (rows.length === 0) {
+    body.innerHTML = `<tr class="empty"><td>no watched field analysed yet</td></tr>`;
+  }
+}
+
 // --- the frame loop and UX metrics --------------------------------------------------------
 function frame(now) {
   const ux = state.ux;
@@ -347,6 +386,7 @@ function frame(now) {
     }
   }
   if (state.alertsDirty) { drawAlerts(); state.alertsDirty = false; }
+  if (state.temporalDirty) { drawTemporal(); state.temporalDirty = false; }
   // Frame time is this frame's own work, what the 16.67 ms budget is for: the
   // interval between frames is the display's (about 16.7 ms at 60 Hz whatever the
   // page does), so judging it against the budget would flag every other frame.
