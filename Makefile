@@ -12,7 +12,7 @@ MODEL  := .kestrel/cache/models/ssdlite_person.onnx
 CONVERT_VENV := .venv-convert
 
 .PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
-        bench-telemetry bench-camera bench-web bench-restore faults model chromium
+        bench-telemetry bench-camera bench-web bench-restore bench-analytics faults model chromium
 
 setup: $(STAMP) $(MODEL) chromium
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
@@ -86,6 +86,9 @@ bench-web: setup
 
 bench-restore: setup
 	$(BIN)/python -m bench.restore $(BENCH_ARGS)
+
+bench-analytics: setup
+	$(BIN)/python -m bench.analytics $(BENCH_ARGS)
 
 # The fault matrix: every case RUNS times (default 20), a table of passes.
 RUNS ?= 20
