@@ -59,19 +59,58 @@ temporal_topic = faust_topic(app, settings, ANALYTICS_TEMPORAL)
 TOPIC_SUFFIX = {spec.name(settings): spec.suffix for spec in COLLECTOR_TOPICS}
 
 
-class AnalyticsPartition:
-    """The analytics state of one partition: an engine and a rate limiter per source."""
+IDLE_MS = 600_000  # a source silent this long (event time) may give its place up
 
-    def __init__(self, rules: AnalyticsConfig) -> None:
+
+class AnalyticsPartition:
+    """The analytics state of one partition: an engine and a rate limiter per source.
+
+    Sources are named by producers, so a partition holds at most ``max_sources`` of
+    them (``KESTREL_MAX_SOURCES``). A new source past the cap takes the place of the
+    source silent longest, if that one has been silent ``IDLE_MS`` of the new
+    message's event time and has no active alert (a deadline it left pending is then
+    not judged); otherwise the new source is skipped (counted). The decision depends
+    only on the state and the message, so a replay decides the same.
+    """
+
+    def __init__(self, rules: AnalyticsConfig, max_sources: int) -> None:
         self.engine = AnalyticsEngine(rules, {})
         self.limiter = SourceRateLimiter(settings.source_max_hz)
+        self.max_sources = max_sources
+        self.last_ms: dict[str, int] = {}  # each source's latest event time
+        self.evicted: set[str] = set()  # sources to tombstone at the next commit
 
-    def changes(self) -> list[tuple[bytes, bytes]]:
-        records = []
+    def make_room(self, source: str, t_ms: int) -> bool:
+        """May ``source`` have state here? Evicts an idle source if it must."""
+        if source in self.last_ms or len(self.last_ms) < self.max_sources:
+            return True
+        idle = [
+            (last, name)
+            for name, last in self.last_ms.items()
+            if last <= t_ms - IDLE_MS and not self.engine.tracker.has_active(name)
+        ]
+        if not idle:
+            return False
+        _, stalest = min(idle)
+        self.engine.forget(stalest)
+        self.limiter.forget(stalest)
+        del self.last_ms[stalest]
+        self.evicted.add(stalest)
+        return True
+
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        records: list[tuple[bytes, bytes | None]] = []
         for source in sorted(self.engine.dirty):
-            record = {"engine": self.engine.dump(source), "rate": self.limiter.counts(source)}
+            record = {
+                "engine": self.engine.dump(source),
+                "rate": self.limiter.counts(source),
+                "last": self.last_ms.get(source),
+            }
             records.append((source.encode(), orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)))
+            self.evicted.discard(source)  # evicted, then back: its record replaces it
+        records += [(source.encode(), None) for source in sorted(self.evicted)]
         self.engine.dirty.clear()
+        self.evicted.clear()
         return records
 
 
@@ -115,11 +154,14 @@ class AnalyticsStage:
         await self.store.start(app.crash)
 
     def _load(self, restored: Restored) -> AnalyticsPartition:
-        part = AnalyticsPartition(self.rules)
+        part = AnalyticsPartition(self.rules, settings.max_sources)
         for key, value in restored.records.items():
             source, record = key.decode(), orjson.loads(value)
-            part.engine.load(source, record["engine"])
+            if record["engine"] is not None:
+                part.engine.load(source, record["engine"])
             part.limiter.restore(source, record["rate"])
+            if record.get("last") is not None:
+                part.last_ms[source] = int(record["last"])
         return part
 
     def _persist(self, task: Task[AnalyticsPartition]) -> None:
@@ -183,6 +225,11 @@ class AnalyticsStage:
         timestamps = (
             [envelope.timestamp] if envelope.samples is None else envelope.samples.timestamp
         )
+        newest = max(timestamps)
+        if not part.make_room(envelope.source, newest):
+            self._skip("too_many_sources")
+            return None
+        part.last_ms[envelope.source] = max(newest, part.last_ms.get(envelope.source, newest))
         if not part.limiter.admit(envelope.source, timestamps):
             part.engine.dirty.add(envelope.source)  # its rate counts are state too
             self._skip("rate_limited")

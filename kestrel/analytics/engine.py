@@ -114,6 +114,14 @@ class AlertTracker:
         bad = {aid: list(self._last_bad[aid]) for aid in active if aid in self._last_bad}
         return {"active": active, "bad": bad}
 
+    def forget(self, source: str) -> None:
+        for alert_id in [aid for aid, a in self.active.items() if a["source"] == source]:
+            del self.active[alert_id]
+            self._last_bad.pop(alert_id, None)
+
+    def has_active(self, source: str) -> bool:
+        return any(alert["source"] == source for alert in self.active.values())
+
     def load(self, data: Mapping[str, Any]) -> None:
         self.active.update(data["active"])
         for aid, (t_ms, count) in data["bad"].items():
@@ -292,6 +300,12 @@ class AnalyticsEngine:
             }
             verdict = Verdict(not matched_by, name, float(values[-1]), evidence)
             self._track(alerts, check, source, end_ms, verdict, span)
+
+    def forget(self, source: str) -> None:
+        """Drop everything about ``source`` (it was evicted: see agents/analytics.py)."""
+        self.sources.pop(source, None)
+        self.tracker.forget(source)
+        self.dirty.discard(source)
 
     def dump(self, source: str) -> dict[str, Any] | None:
         """Everything the source's checks remember, as JSON; None for an unseen source."""

@@ -96,3 +96,24 @@ def test_the_ux_merger_holds_at_most_its_slots_whatever_pages_send() -> None:
     merger.add(timestamps, {"frame_time_ms": [16.0] * len(timestamps)})
     assert len(merger.slots) == MAX_SLOTS
     assert merger.refused == len(timestamps) - MAX_SLOTS
+
+
+def test_the_analytics_worker_holds_at_most_its_sources_and_frees_only_idle_ones() -> None:
+    from agents.analytics import IDLE_MS, AnalyticsPartition  # the Faust app, no broker
+    from kestrel.analytics.config import AnalyticsConfig
+
+    part = AnalyticsPartition(AnalyticsConfig(), max_sources=2)
+    for name in ("a", "b"):
+        assert part.make_room(name, 0)
+        part.last_ms[name] = 0
+    assert not part.make_room("c", IDLE_MS - 1)  # nobody idle long enough: c is skipped
+    part.last_ms["b"] = 5_000  # b spoke since
+    assert part.make_room("c", IDLE_MS)  # a, idle the longest, gives its place up
+    assert "a" not in part.last_ms and part.evicted == {"a"}
+    part.last_ms["c"] = IDLE_MS
+    assert (b"a", None) in part.changes()  # a tombstone: a restore forgets it too
+    assert len(part.last_ms) == 2
+    part.engine.tracker.active["x|b|f"] = {"source": "b"}  # b has an active alert
+    assert not part.make_room("d", 10 * IDLE_MS)  # c is newer; b must end its alert first
+    del part.engine.tracker.active["x|b|f"]
+    assert part.make_room("d", 10 * IDLE_MS) and "b" in part.evicted
