@@ -114,6 +114,7 @@ def test_the_analytics_worker_holds_at_most_its_sources_and_frees_only_idle_ones
     assert (b"a", None) in part.changes()  # a tombstone: a restore forgets it too
     assert len(part.last_ms) == 2
     part.engine.tracker.active["x|b|f"] = {"source": "b"}  # b has an active alert
-    assert not part.make_room("d", 10 * IDLE_MS)  # c is newer; b must end its alert first
+    part.last_ms["c"] = 9 * IDLE_MS + 1  # c spoke recently
+    assert not part.make_room("d", 10 * IDLE_MS)  # b, idle, must end its alert first
     del part.engine.tracker.active["x|b|f"]
     assert part.make_room("d", 10 * IDLE_MS) and "b" in part.evicted
