@@ -215,9 +215,10 @@ def expected_alerts(
     max_hz: float,
     max_future_ms: int,
     namespace: str,
+    analyses: list[tuple[str, int, dict[str, Any]]] | None = None,
 ) -> list[tuple[str, str, int]]:
     """What an uninterrupted engine raises over the inputs (per partition, in order),
-    admitting what the analytics stage admits."""
+    admitting what the analytics stage admits; its temporal analyses into ``analyses``."""
     engine = AnalyticsEngine(rules, {})
     limiter = SourceRateLimiter(max_hz)
     alerts: list[tuple[str, str, int]] = []
@@ -241,7 +242,32 @@ def expected_alerts(
             columns = dict(envelope.samples.data)
         for alert in engine.observe(envelope.source, ts, columns):
             alerts.append((alert.alert_id, alert.state, alert.timestamp))
+        for analysis in engine.take_analyses():
+            if analyses is not None:
+                record = analysis.model_dump(mode="json")
+                analyses.append((analysis.key, analysis.timestamp, record))
     return alerts
+
+
+def check_temporal(got: list[Message], want: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
+    """``analytics.temporal``, per field in order, equals the uninterrupted engine's:
+    each analysis once, every figure the same."""
+    by_key: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    for message in sorted(got, key=lambda m: (m.partition() or 0, m.offset() or 0)):
+        record = orjson.loads(message.value() or b"{}")
+        by_key[(message.key() or b"").decode()].append((record["timestamp"], record))
+    expected: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    for key, timestamp, record in want:
+        expected[key].append((timestamp, record))
+    problems = []
+    if not any(r["regime"] for _, _, r in want):
+        problems.append("no regime was read: the temporal check would prove little")
+    for key in sorted(set(by_key) | set(expected)):
+        if by_key.get(key, []) != expected.get(key, []):
+            mine = [t for t, _ in by_key.get(key, [])]
+            theirs = [t for t, _ in expected.get(key, [])]
+            problems.append(f"analyses {key}: got {mine[:6]}..., expected {theirs[:6]}...")
+    return problems[:20]
 
 
 def check_alerts(got: list[Message], want: list[tuple[str, str, int]]) -> list[str]:

@@ -58,6 +58,7 @@ from kestrel.schemas.camera import CameraConfig
 from kestrel.settings import Settings, load_settings
 from kestrel.topics import (
     ALERTS,
+    ANALYTICS_TEMPORAL,
     CAMERA_DETECTIONS,
     CAMERA_FRAMES,
     CAMERA_RESULTS,
@@ -79,7 +80,7 @@ RESULTS = REPO / "bench" / "results"
 BASE = (int(time.time() * 1000) - 15 * 60_000) // 300_000 * 300_000
 GRACE_MS = 1_000
 SOURCES = 3
-ROWS = 600  # per source: 30 s of event time at 20 Hz
+ROWS = 1000  # per source: 50 s of event time at 20 Hz (regimes read 40 s)
 PER_MESSAGE = 4
 CAMERAS_N = 2
 FPS = 5.0
@@ -97,7 +98,18 @@ degradation:
   - source: "model:*"
     fields: {ttft_ms: higher}
 patterns:
-  watch: []
+  length: 8
+  watch:
+    - source: "model:*"
+      fields: [tokens_per_second]
+regimes:
+  window: 40
+  every_s: 5
+  confirm: 1
+  settle_s: 5
+  watch:
+    - source: "model:*"
+      fields: [tokens_per_second, ttft_ms]
 """
 
 
@@ -313,14 +325,18 @@ class Pipeline:
         problems += fault_checks.check_camera_windows(aggregates, results)
         inputs = [m for spec in COLLECTOR_TOPICS for m in read_all(settings, spec.name(settings))]
         inputs = [m for m in inputs if m.topic() != METRICS_CAMERA.name(settings)]
+        analyses: list[tuple[str, int, dict[str, Any]]] = []
         want = fault_checks.expected_alerts(
             load_rules(settings.rules_path),
             inputs,
             settings.source_max_hz,
             round(settings.max_future_s * 1000),
             settings.namespace,
+            analyses,
         )
         problems += fault_checks.check_alerts(read_all(settings, ALERTS.name(settings)), want)
+        temporal = read_all(settings, ANALYTICS_TEMPORAL.name(settings))
+        problems += fault_checks.check_temporal(temporal, analyses)
         dead = self.dead_workers()
         if dead:
             problems.append(f"workers died: {dead}")
