@@ -254,7 +254,7 @@ class Pipeline:
         """A third of every source's rows, interleaved in time as live collectors send."""
         lo, hi = third * ROWS // 3, (third + 1) * ROWS // 3
         batches = sorted(
-            (rows[i].ts, source, envelope(rows[i : i + PER_MESSAGE]))
+            (rows[i].ts, source, envelope(rows[i : min(i + PER_MESSAGE, hi)]))
             for source, rows in self.rows.items()
             for i in range(lo, hi, PER_MESSAGE)
         )

@@ -68,10 +68,11 @@ class RegimeState:
         if regime.kind == self.held:
             self.candidate, self.streak = None, 0
             return Verdict(True, name, mean, {"regime": regime.kind})
-        half = series[len(series) // 2 :]
-        if len(half) >= MIN_POINTS and classify(half).kind != regime.kind:
+        recent = series[-max(MIN_POINTS, len(series) // 2) :]
+        if len(recent) < len(series) and classify(recent).kind != regime.kind:
             # A window that spans a change reads as neither regime (often chaotic):
-            # a new regime counts only when the recent half of the window agrees.
+            # a new regime counts only when the window's recent half (at least
+            # MIN_POINTS) agrees.
             self.candidate, self.streak = None, 0
             return None
         if regime.kind == self.candidate:

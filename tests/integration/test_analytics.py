@@ -225,8 +225,10 @@ def test_a_field_that_starts_to_oscillate_raises_a_regime_change_with_its_eviden
         assert (raised.evidence["before"], raised.evidence["after"]) == ("fixed_point", "periodic")
         assert abs(raised.evidence["period_s"] - 8) < 0.5
         assert T0 + 90_000 < raised.timestamp <= T0 + 210_000
-        cleared = [a for a in alerts_until(settings, 1, "cleared") if a.kind == "regime"]
-        assert cleared[0].timestamp - raised.timestamp >= 20_000  # held settle_s
+        ended = alerts_until(settings, 1, "cleared")
+        (cleared,) = [a for a in ended if a.kind == "regime" and a.state == "cleared"]
+        assert cleared.timestamp - raised.timestamp >= 20_000  # the new regime held settle_s
+        assert cleared.evidence["regime"] == "periodic"
 
         def periodic(msgs: list[Message]) -> bool:
             last = TemporalAnalysis.model_validate_json(msgs[-1].value() or b"") if msgs else None
