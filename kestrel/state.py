@@ -256,6 +256,9 @@ class StateStore(Generic[M]):
         self.deadletter = deadletter
         self.tasks: dict[int, Task[M]] = {}
         self.on_fatal: Callable[[BaseException], Awaitable[None]] | None = None
+        #: Commits a restored partition's input offsets that the group left behind its
+        #: markers (partition, {topic: offset}); set by tables.bind.
+        self.catch_up: Callable[[int, dict[str, int]], Awaitable[None]] | None = None
         self._restoring: dict[int, asyncio.Future[Task[M] | None]] = {}
         self._assigned: set[int] = set()
         self._generation = 0
@@ -586,6 +589,14 @@ class StateStore(Generic[M]):
             restored.markers,
             restored.committed,
         )
+        behind = lagging(restored)
+        if behind and self.catch_up is not None:
+            try:
+                await self.catch_up(p, behind)
+            except Exception as exc:  # behind is safe: the next restore tries again
+                log.warning("%s[%d]: could not commit %s: %s", self.name, p, behind, exc)
+            else:
+                log.info("%s[%d]: the group's offsets caught up to %s", self.name, p, behind)
         return task
 
     def _ensure_changelog(self) -> None:
@@ -706,6 +717,21 @@ def _read_to(consumer: Consumer, topic: str, p: int, end: int) -> tuple[dict[byt
                 f"{topic}[{p}]: read to offset {position} of {end} in {RESTORE_TIMEOUT_S:g} s; "
                 "another writer holds a transaction open on the changelog"
             )
+
+
+def lagging(restored: Restored) -> dict[str, int]:
+    """Input topics whose group offset is behind what the state covers: topic -> marker + 1.
+
+    Behind is safe (the messages up to the marker are replayed and skipped), but a
+    group offset that never catches up shows lag on an idle partition for ever and
+    replays more at each restart; the store commits these (see StateStore.catch_up).
+    """
+    behind = {}
+    for topic, marker in restored.markers.items():
+        committed = restored.committed.get(topic)
+        if committed is None or committed < marker + 1:
+            behind[topic] = marker + 1
+    return behind
 
 
 def _verify(name: str, restored: Restored) -> None:

@@ -29,6 +29,14 @@ def bind(app: faust.App, store: StateStore[Any]) -> None:
     async def shutdown(sender: Any, /, *args: Any, **kw: Any) -> None:
         await store.stop()
 
+    async def catch_up(partition: int, offsets: dict[str, int]) -> None:
+        from faust.types import TP
+
+        from kestrel.faust_compat import commit_done
+
+        await commit_done(app, {TP(topic, partition): off for topic, off in offsets.items()})
+
     app.on_partitions_assigned.connect(assigned)
     app.on_partitions_revoked.connect(revoked)
     app.on_before_shutdown.connect(shutdown)
+    store.catch_up = catch_up

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import asyncio
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from faust.types import TP
 
-from kestrel.faust_compat import AutodiscoveryError, DeliveredOffsets, KestrelApp, committable
+from kestrel.faust_compat import (
+    AutodiscoveryError,
+    DeliveredOffsets,
+    KestrelApp,
+    commit_done,
+    committable,
+)
 
 
 def test_an_import_error_during_autodiscovery_stops_the_worker() -> None:
@@ -43,3 +52,25 @@ def test_offsets_delivered_again_after_a_seek_are_tracked_once() -> None:
     for offset in (12, 14):  # the consumer was sought back to 12
         sensor.on_message_in(tp, offset, None)  # type: ignore[arg-type]
     assert list(sensor.by_tp[tp]) == [10, 12, 14]
+
+
+def test_commit_done_commits_through_faust_and_later_commits_never_go_behind() -> None:
+    """The workaround for robinhood/faust#681 against Faust's real consumer class."""
+    app = KestrelApp("compat-commit", broker="kafka://127.0.0.1:1")
+    consumer: Any = app.consumer  # Kestrel's _Consumer; nothing connects until started
+    sent: list[Mapping[TP, int]] = []
+
+    async def commit(offsets: Mapping[TP, int]) -> bool:
+        sent.append(dict(offsets))
+        return True
+
+    consumer._thread.commit = commit  # where Faust's _commit sends it (aiokafka)
+    tp = TP("ns.cameras", 0)
+    asyncio.run(commit_done(app, {tp: 2}))
+    assert sent == [{tp: 2}] and consumer._committed_offset[tp] == 2
+    # Replays below it come again and are acked; Faust records no acks below its
+    # committed offset, so they must not hold the next commit back.
+    for offset in (0, 1, 2, 3):
+        consumer.delivered.on_message_in(tp, offset, None)
+    consumer._acked_index[tp].update({2, 3})
+    assert consumer._new_offset(tp) == 4

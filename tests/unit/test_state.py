@@ -25,6 +25,7 @@ from kestrel.state import (
     StateStore,
     Task,
     _verify,
+    lagging,
     marker_key,
 )
 from kestrel.topics import DEADLETTER, METRICS_MODEL, STATE_WINDOWS
@@ -309,3 +310,16 @@ def test_processing_goes_on_during_a_commit_and_lands_in_the_next_one() -> None:
     assert second.acked and task.markers == {TOPIC: 1}
     outputs = [[v for t, v, _, _ in commit if t == "out"] for commit in producer.committed]
     assert outputs == [[b"0"], [b"1"]]
+
+
+def test_a_restore_lists_the_inputs_whose_group_offset_is_behind_its_markers() -> None:
+    restored = Restored(
+        0,
+        {},
+        {"a": 9, "b": 4, "c": 7},
+        {"a": 10, "b": 2, "c": None},
+        30,
+        3,
+        0.1,
+    )
+    assert lagging(restored) == {"b": 5, "c": 8}  # a is where it should be
