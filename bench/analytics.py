@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import psutil
+from confluent_kafka import Consumer, TopicPartition
 
 from bench import telemetry
 from bench.systems import logistic_map, lorenz_x, noisy_constant, noisy_sine
@@ -51,6 +53,7 @@ from kestrel.analytics.config import load_rules
 from kestrel.analytics.dtw import dtw_distance, znormalise
 from kestrel.analytics.patterns import match_all
 from kestrel.settings import child_environment, load_settings
+from kestrel.topics import ANALYTICS_TEMPORAL
 
 RESULTS = REPO / "bench" / "results"
 LORENZ_EXPONENT = 0.906
@@ -192,6 +195,38 @@ def step_costs(rng: np.random.Generator, repeat: int) -> dict[str, float]:
     return costs
 
 
+def count_analyses(settings: Any) -> tuple[int, int]:
+    """Records on analytics.temporal, and how many carry a regime (the step ran)."""
+    topic = ANALYTICS_TEMPORAL.name(settings)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"count-{settings.namespace}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        total = with_regime = 0
+        done: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(done) < len(parts) and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.5):
+                if message.error() is None:
+                    total += 1
+                    with_regime += orjson.loads(message.value() or b"{}").get("regime") is not None
+            for p in parts:
+                position = consumer.position([TopicPartition(topic, p)])[0].offset
+                if position >= ends[p]:
+                    done.add(p)
+        return total, with_regime
+    finally:
+        consumer.close()
+
+
 def worker_throughput(sources: int, seconds: int) -> dict[str, Any]:
     """The analytics worker draining ``seconds`` of event time from ``sources`` sources."""
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-analytics-"))
@@ -217,6 +252,7 @@ def worker_throughput(sources: int, seconds: int) -> dict[str, Any]:
         )
         peak = rss.stop()
         stop(worker)
+        analyses, regimes = count_analyses(settings)
         offered = sources * 60 * len(FIELDS)
         return {
             "sources": sources,
@@ -227,6 +263,8 @@ def worker_throughput(sources: int, seconds: int) -> dict[str, Any]:
             "messages_per_s": job["messages_per_s"],
             "event_rate_metrics_per_s": offered,
             "peak_rss_mb": peak,
+            "analyses": analyses,
+            "analyses_with_a_regime": regimes,
         }
     finally:
         broker.stop()
@@ -236,7 +274,13 @@ def worker_throughput(sources: int, seconds: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=20, help="60 Hz model sources")
-    parser.add_argument("--seconds", type=int, default=180, help="event time of the backlog")
+    parser.add_argument(
+        "--seconds",
+        type=int,
+        default=420,
+        help="event time of the backlog (the default rules read regimes over 300 s: past "
+        "that every step runs)",
+    )
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--output", type=Path, default=RESULTS / "analytics.json")
     args = parser.parse_args()
@@ -281,7 +325,8 @@ def main() -> int:
         f"over {worker['metrics']:,} metrics of {worker['sources']} sources; "
         f"the digest's target 10,000 metrics/s: "
         f"{'met' if worker['metrics_per_s'] >= 10_000 else 'not met'}; peak RSS "
-        f"{worker['peak_rss_mb']:.0f} MB"
+        f"{worker['peak_rss_mb']:.0f} MB; {worker['analyses']} temporal analyses published, "
+        f"{worker['analyses_with_a_regime']} with a regime"
     )
     result = {
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {platform.platform()}",

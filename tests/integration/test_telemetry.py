@@ -26,6 +26,7 @@ from kestrel.deadletter import DeadLetter
 from kestrel.settings import Settings, child_environment
 from kestrel.topics import (
     ALERTS,
+    ANALYTICS_TEMPORAL,
     CAMERA_FRAMES,
     CATALOGUE,
     DEADLETTER,
@@ -132,7 +133,7 @@ def test_worker_declares_topics_from_the_catalogue(
     settings, _ = telemetry
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     # The analytics and inference workers declare their own (their tests check them).
-    theirs = (ALERTS, METRICS_ENERGY, CAMERA_FRAMES, STATE_ANALYTICS)
+    theirs = (ALERTS, METRICS_ENERGY, ANALYTICS_TEMPORAL, CAMERA_FRAMES, STATE_ANALYTICS)
     wanted = {spec.name(settings) for spec in CATALOGUE if spec not in theirs}
     deadline = time.monotonic() + 30
     while not wanted <= set(topics := admin.list_topics(timeout=10).topics):
