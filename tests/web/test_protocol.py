@@ -11,7 +11,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +72,6 @@ class Server:
 
 def without_kafka(tmp_path: Path, **settings: object) -> Starlette:
     return create_app(load_settings(data_dir=tmp_path, **settings), follow_kafka=False)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(without_kafka(tmp_path))
-    running.start()
-    yield running
-    running.stop()
 
 
 async def receive(ws: ClientConnection) -> dict[str, Any]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 
 from kestrel.schemas.temporal import TemporalAnalysis
-from tests.web.test_protocol import Server, hello, receive, without_kafka
+from tests.web.test_protocol import Server, hello, receive
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -40,14 +37,6 @@ def analysis(kind: str, timestamp: int, period: float | None = None) -> Temporal
             "last_matched_ms": timestamp - 5_000,
         }
     )
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(without_kafka(tmp_path))
-    running.start()
-    yield running
-    running.stop()
 
 
 async def test_rest_lists_each_field_and_answers_one(server: Server) -> None:
