@@ -24,6 +24,7 @@ buckets a sign (values from 1e-9 to 1e300).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -99,23 +100,40 @@ class DDSketch:
 
     def quantile(self, q: float) -> float | None:
         """The value at rank ``q`` (0..1), within ALPHA relative error; None if empty."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float | None]:
+        """:meth:`quantile` of each of ``qs``, from one ordered walk over the buckets."""
         if self.count == 0:
-            return None
-        rank = q * (self.count - 1)
-        seen = 0
-        # Ascending order: most negative first (largest magnitude), then zero, then positive.
+            return [None] * len(qs)
+        order = sorted(range(len(qs)), key=lambda i: qs[i])
+        ranks = [qs[i] * (self.count - 1) for i in order]
+        found: list[float | None] = [None] * len(qs)
+        n, seen = 0, 0  # quantiles found; the count below the walk's position
+        # Ascending order: most negative first (largest magnitude), then zero, then
+        # positive; the walk stops at the highest rank asked for.
         for key in sorted(self.negative, reverse=True):
             seen += self.negative[key]
-            if seen > rank:
-                return -_value(key)
+            while n < len(ranks) and seen > ranks[n]:
+                found[order[n]] = -_value(key)
+                n += 1
+            if n == len(ranks):
+                return found
         seen += self.zero
-        if seen > rank:
-            return 0.0
+        while n < len(ranks) and seen > ranks[n]:
+            found[order[n]] = 0.0
+            n += 1
         for key in sorted(self.positive):
+            if n == len(ranks):
+                return found
             seen += self.positive[key]
-            if seen > rank:
-                return _value(key)
-        return _value(max(self.positive)) if self.positive else 0.0
+            while n < len(ranks) and seen > ranks[n]:
+                found[order[n]] = _value(key)
+                n += 1
+        top = _value(max(self.positive)) if self.positive else 0.0
+        for i in order[n:]:
+            found[i] = top
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """Form for the changelog: bucket key to count per sign, and the zero count.

@@ -174,14 +174,20 @@ class WindowState:
 
     def quantile(self, q: float) -> float | None:
         """The sketch's quantile, never outside [min, max] (which the sketch may round past)."""
-        value = self.sketch.quantile(q)
-        if value is None or self.count == 0:
-            return None
-        return min(max(value, self.minimum), self.maximum)
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
+        if self.count == 0:
+            return [None] * len(qs)
+        return [
+            None if value is None else min(max(value, self.minimum), self.maximum)
+            for value in self.sketch.quantiles(qs)
+        ]
 
     def stats(self) -> dict[str, Any]:
         """count, sum, mean, min, max, last and p50/p95/p99 (None while empty)."""
         empty = self.count == 0
+        p50, p95, p99 = self.quantiles((0.50, 0.95, 0.99))
         return {
             "count": self.count,
             "sum": self.total,
@@ -189,9 +195,9 @@ class WindowState:
             "min": None if empty else self.minimum,
             "max": None if empty else self.maximum,
             "last": None if empty else self.last,
-            "p50": self.quantile(0.50),
-            "p95": self.quantile(0.95),
-            "p99": self.quantile(0.99),
+            "p50": p50,
+            "p95": p95,
+            "p99": p99,
         }
 
     def to_json(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tables.sketch import ALPHA, GAMMA, MAX_BUCKETS, MIN_INDEXABLE, DDSketch
+from tables.sketch import _value as sketch_value
 
 
 @pytest.mark.parametrize(
@@ -157,3 +158,24 @@ def test_data_over_less_than_17_decades_never_collapses() -> None:
     for q in (0.0, 0.01, 0.5, 1.0):
         exact = float(np.quantile(values, q, method="lower"))
         assert abs(sketch.quantile(q) - exact) <= ALPHA * exact  # type: ignore[operator]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(sketchable, min_size=1, max_size=300),
+    st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=6),
+)
+def test_one_walk_for_many_quantiles_gives_what_each_walk_gives(
+    values: list[float], qs: list[float]
+) -> None:
+    sketch = DDSketch()
+    sketch.add_many(np.array(values))
+    # The reference: every value's bucket midpoint, sorted, the one at each rank.
+    centres = sorted(
+        [-sketch_value(k) for k, c in sketch.negative.items() for _ in range(c)]
+        + [0.0] * sketch.zero
+        + [sketch_value(k) for k, c in sketch.positive.items() for _ in range(c)]
+    )
+    expected = [centres[math.floor(q * (sketch.count - 1))] for q in qs]
+    assert sketch.quantiles(qs) == expected
+    assert [sketch.quantile(q) for q in qs] == expected
