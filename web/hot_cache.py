@@ -221,14 +221,15 @@ class HotCache:
                 )
         return rows
 
-    def snapshot(self, source: str) -> dict[str, Any]:
-        """Everything about one source, as a dashboard's backfill."""
+    def snapshot(self, source: str, window: str | None = None) -> dict[str, Any]:
+        """Everything about one source, as a dashboard's backfill (open windows of one size
+        or all)."""
         return {
             "source": source,
             "latest": {
                 k: {"timestamp": t, "value": v} for k, (t, v) in self.latest.get(source, {}).items()
             },
-            "running": self.running(source),
+            "running": self.running(source, window=window),
             "aggregates": {
                 window: {
                     name: [a.model_dump() for a in self.aggregates(source, name, window)]

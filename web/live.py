@@ -102,5 +102,5 @@ class LiveCache(HotCache):
             return {"result": None if result is None else result.model_dump(by_alias=True)}
         if channel.startswith("metrics:"):
             source = channel.removeprefix("metrics:")
-            return {**self.snapshot(source), **self.source_state(source)}
+            return self.snapshot(source, window="1s")  # the page's live view: 1 s windows
         return {}
