@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from kestrel.camera.frame_cache import FrameCache
 from kestrel.collectors.publisher import BatchingPublisher
@@ -55,8 +55,8 @@ STATIC = Path(__file__).with_name("static")
 
 HEARTBEAT_S = 15.0  # the server pings this often; silence for twice as long closes
 HELLO_TIMEOUT_S = 10.0
-MAX_MESSAGES_PER_S = 50  # per client; beyond it messages are refused, then it is closed
-FLOOD_CLOSE_AFTER = 200  # refused messages before the connection is closed
+MAX_MESSAGES_PER_S = 50  # per client; beyond it the server stops reading it for the second
+FLOOD_CLOSE_AFTER_S = 5  # seconds in a row over the limit before the connection is closed
 STALLED = 4009  # the close code of a client that took no data for web_stall_s
 UX_PAST_MS = 10_000  # a page's ux samples are clamped into [now - this, now]
 
@@ -172,8 +172,8 @@ class Dashboard:
         try:
             await send(server_message("welcome", welcome))
             await self._converse(websocket, client, send)
-        except WebSocketDisconnect:
-            pass
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            pass  # it left, or the hub closed it (stalled) while it was still talking
         except ClientStalled as exc:
             await close(STALLED, f"stalled: {exc}")
         finally:
@@ -200,7 +200,7 @@ class Dashboard:
 
     async def _converse(self, websocket: WebSocket, client: Client, send: Any) -> None:
         last_heard = time.monotonic()
-        window_start, in_window, refused = time.monotonic(), 0, 0
+        window_start, in_window, flooded_s = time.monotonic(), 0, 0
         while True:
             try:
                 raw = await asyncio.wait_for(websocket.receive_text(), HEARTBEAT_S)
@@ -213,20 +213,23 @@ class Dashboard:
                 await send(server_message("ping", {"t": time.time()}))
                 continue
             last_heard = now = time.monotonic()
-            if now - window_start >= 1.0:
-                window_start, in_window = now, 0
+            if now - window_start >= 1.0:  # a second that stayed within the limit
+                window_start, in_window, flooded_s = now, 0, 0
             in_window += 1
             if in_window > MAX_MESSAGES_PER_S:
-                refused += 1
                 self.refused += 1
-                if refused > FLOOD_CLOSE_AFTER:
+                flooded_s += 1
+                if flooded_s > FLOOD_CLOSE_AFTER_S:
                     flood = ProtocolError("flood", "too many messages", recoverable=False)
                     await send(error_message(flood))
                     await websocket.close(code=1008)
                     return
-                if refused == 1 or refused % 50 == 0:
-                    limit = f"at most {MAX_MESSAGES_PER_S} messages a second"
-                    await send(error_message(ProtocolError("rate_limited", limit)))
+                limit = f"at most {MAX_MESSAGES_PER_S} messages a second"
+                await send(error_message(ProtocolError("rate_limited", limit)))
+                # Read nothing more from it this second: what it sends meanwhile waits
+                # in its own socket (TCP pushes back on it), not in the server's time.
+                await asyncio.sleep(window_start + 1.0 - now)
+                window_start, in_window = time.monotonic(), 0
                 continue
             await self._handle(raw, client, send)
 

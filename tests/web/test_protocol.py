@@ -7,17 +7,18 @@ into its hot cache directly; tests/integration drives it from a live pipeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -25,8 +26,8 @@ from websockets.exceptions import ConnectionClosed
 from kestrel.schemas import Alert
 from kestrel.settings import load_settings
 from tests.conftest import free_port
-from web.__main__ import server_config
-from web.app import Dashboard, create_app
+from web.__main__ import DashboardServer, server_config
+from web.app import FLOOD_CLOSE_AFTER_S, MAX_MESSAGES_PER_S, Dashboard, create_app
 from web.backpressure import State
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -39,7 +40,7 @@ class Server:
         self.port = port or free_port()
         self.dashboard: Dashboard = app.state.dashboard
         config = server_config(app, self.dashboard.settings, self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        self.server = DashboardServer(config, self.dashboard.settings.web_stall_s)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -189,21 +190,31 @@ async def test_a_flooding_client_is_limited_then_closed_and_others_are_served(
         await hello(calm)
         await hello(flood)
         ping = orjson.dumps({"type": "ping", "payload": {}}).decode()
-        codes = []
+        codes, pongs = [], 0
+        refused_before = server.dashboard.refused  # the server is the module's
+        started = time.monotonic()
         with pytest.raises(ConnectionClosed) as closed:
             for _ in range(2_000):
                 await flood.send(ping)
             while True:
                 message = await receive(flood)
+                pongs += message["type"] == "pong"
                 if message["type"] == "error":
                     codes.append(message["payload"]["code"])
+        elapsed = time.monotonic() - started
         assert "rate_limited" in codes and codes[-1] == "flood"
+        # The server read at most its limit a second, the rest waited in the socket.
+        assert pongs <= MAX_MESSAGES_PER_S * (elapsed + 1)
+        assert elapsed >= FLOOD_CLOSE_AFTER_S
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         await calm.send(orjson.dumps({"type": "ping", "id": "still", "payload": {}}).decode())
         assert (await receive(calm))["correlation_id"] == "still"
     async with httpx.AsyncClient() as http:
         status = (await http.get(f"http://127.0.0.1:{server.port}/api/v1/status/websocket")).json()
-    assert status["refused_messages"] > 200 and status["clients"] == 0
+    # One refused a second, then nothing read until the next: of its 2000, the server
+    # read ~50 a second and refused one a second, and closed it after 5 such seconds.
+    assert FLOOD_CLOSE_AFTER_S <= status["refused_messages"] - refused_before <= elapsed + 1
+    assert status["clients"] == 0
 
 
 async def subscribe(ws: ClientConnection, channel: str) -> None:
@@ -212,33 +223,59 @@ async def subscribe(ws: ClientConnection, channel: str) -> None:
     assert (await receive(ws))["type"] == "backfill"
 
 
+def stalled_socket(port: int) -> socket.socket:
+    """A connected socket with a 4 KB receive buffer, for a client the test never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def reader_and_stalled(
+    server: Server, channel: str
+) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
+    """Two clients subscribed to ``channel``: one that reads, one that stops reading."""
+    async with (
+        connect(server.ws_url) as reader,
+        connect(server.ws_url, sock=stalled_socket(server.port), max_queue=1) as stalled,
+    ):
+        for ws in (reader, stalled):
+            await hello(ws)
+            await subscribe(ws, channel)
+        yield reader, stalled
+
+
+def publisher(server: Server, channel: str, payload: object, per_chunk: int = 100) -> Any:
+    """``publish(chunk)``: ``per_chunk`` updates of distinct keys, on the server's loop."""
+
+    def publish(chunk: int) -> None:
+        for i in range(per_chunk):  # distinct keys: nothing coalesces for a reader
+            server.dashboard.hub.publish(channel, f"agg:{chunk}:{i}", payload)
+
+    return lambda chunk: server.call(publish, chunk)
+
+
+async def read_updates(reader: ClientConnection, got: int, until: int) -> int:
+    """Receive until ``until`` updates in all have come; how many that is."""
+    while got < until:
+        if (await receive(reader))["type"] == "update":
+            got += 1
+    return got
+
+
 async def test_a_client_that_stops_reading_is_shed_within_its_bound_and_told_so(
     server: Server,
 ) -> None:
     hub = server.dashboard.hub
-    stalled_sock = socket.socket()
-    stalled_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled_sock.connect(("127.0.0.1", server.port))
     payload = {"blob": os.urandom(1_000).hex()}  # 2 KB that compression cannot shrink
     chunks, per_chunk = 40, 100  # 8 MB in all: more than any socket buffer holds
-    async with (
-        connect(server.ws_url) as reader,
-        connect(server.ws_url, sock=stalled_sock, max_queue=1) as stalled,
-    ):
-        for ws in (reader, stalled):
-            await hello(ws)
-            await subscribe(ws, "metrics:flood")
-
-        def publish(chunk: int) -> None:
-            for i in range(per_chunk):
-                hub.publish("metrics:flood", f"agg:{chunk}:{i}", payload)
-
+    async with reader_and_stalled(server, "metrics:flood") as (reader, stalled):
+        publish = publisher(server, "metrics:flood", payload, per_chunk)
         got = 0
         for chunk in range(chunks):
-            server.call(publish, chunk)
-            while got < (chunk + 1) * per_chunk:  # the reader keeps up, chunk by chunk
-                if (await receive(reader))["type"] == "update":
-                    got += 1
+            publish(chunk)
+            got = await read_updates(reader, got, (chunk + 1) * per_chunk)  # chunk by chunk
         behind, ahead = sorted(hub.clients.values(), key=lambda c: c.delivered)
         assert ahead.delivered == chunks * per_chunk and not ahead.buffer.shed
         assert behind.buffer.state is not State.NORMAL and behind.buffer.shed
