@@ -5,7 +5,9 @@ One run, one broker (the project's own), one topic, the same messages for all th
 (a) **raw**: a plain aiokafka consumer that decodes every message and does nothing
     else, the limit of reading this topic in Python;
 (b) **kestrel**: the stream worker (``faust -A faust_app worker``), all windows;
-(c) **quix**: the same job written as Quix Streams' docs recommend (bench/quix_job.py).
+(c) **quix**: the same job in Quix Streams (bench/quix_job.py): as its docs show it,
+    and as an expert writes it for columnar batch messages (the one compared);
+(d) **faust**: the same job in plain Faust with its windowed tables (bench/faust_job.py).
 
 Input: ``--sources`` model sources at 60 Hz, published in 100 ms batches (6 samples of
 the digest's 9 model fields a message), for ``--seconds`` of event time, produced
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import socket
@@ -47,6 +50,26 @@ from kestrel.settings import Settings, child_environment, load_settings
 from kestrel.topics import METRICS_MODEL, ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
+QUIX_VARIANTS = ("agg", "one-aggregator", "columnar")
+# What each consumer keeps and how it runs (the JSON carries it beside the figures).
+CONSUMERS = {
+    "raw": {"state": "none", "gc": "default", "delivery": "none (no commits)"},
+    "kestrel": {
+        "state": "in memory + compacted changelog, Kafka transactions",
+        "gc": "gc.freeze() at start, thresholds (20000, 20, 20) (agents/telemetry.py)",
+        "delivery": "exactly once",
+    },
+    "quix": {
+        "state": "RocksDB + changelog topic",
+        "gc": "default",
+        "delivery": "at least once",
+    },
+    "faust": {
+        "state": "in memory + changelog topic (Faust tables, memory://)",
+        "gc": "default",
+        "delivery": "at least once",
+    },
+}
 RESULTS = REPO / "bench" / "results"
 ROWS = 6  # 100 ms of a 60 Hz source; --rows-per-message changes it
 BASE_MS = 1_700_000_100_000
@@ -162,13 +185,17 @@ def wait_committed(
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{group} exited with {proc.returncode}")
+                log = LOGS.get(proc.pid)
+                tail = "" if log is None else "\n".join(log.read_text().splitlines()[-30:])
+                raise RuntimeError(f"{group} exited with {proc.returncode}; its log ends:\n{tail}")
             try:
                 done = sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=5))
             except Exception:  # the group coordinator is still moving; ask again
                 time.sleep(0.2)
                 continue
             now = time.monotonic()
+            if os.environ.get("BENCH_DEBUG") and done != last:  # a job's commit cadence
+                print(f"    {group}: {done} committed at {now:.2f}", flush=True)
             if start is None and done >= total * 0.1:
                 start = (now, done)
             elif start is not None and done > last:
@@ -220,9 +247,14 @@ async def run_raw(settings: Settings, total: int) -> dict[str, float]:
     }
 
 
+LOGS: dict[int, Path] = {}  # each started process's log, for the error if it dies
+
+
 def start_process(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    LOGS[proc.pid] = log
+    return proc
 
 
 def run_consumer_job(
@@ -236,7 +268,11 @@ def run_consumer_job(
 ) -> tuple[dict[str, float], subprocess.Popen[bytes], PeakRss]:
     proc = start()
     rss = PeakRss(proc.pid)
-    seconds, counted = wait_committed(settings, group, total, timeout_s, proc)
+    try:
+        seconds, counted = wait_committed(settings, group, total, timeout_s, proc)
+    except BaseException:
+        stop(proc)  # no job left behind holding the broker or a port
+        raise
     print(f"  {name}: {counted / seconds:,.0f} messages/s", flush=True)
     return (
         {
@@ -285,6 +321,13 @@ def main() -> int:
     parser.add_argument("--latency-sources", type=int, default=50)
     parser.add_argument("--latency-seconds", type=int, default=30)
     parser.add_argument("--skip-quix", action="store_true")
+    parser.add_argument(
+        "--quix-variants",
+        type=lambda v: v.split(","),
+        default=list(QUIX_VARIANTS),
+        help=f"of {','.join(QUIX_VARIANTS)} (bench/quix_job.py)",
+    )
+    parser.add_argument("--skip-faust", action="store_true")
     parser.add_argument(
         "--flush-interval-s",
         type=float,
@@ -361,7 +404,7 @@ def main() -> int:
 
         quix: dict[str, dict[str, float]] = {}
         quix_python = REPO / ".venv-quix" / "bin" / "python"
-        for variant in [] if args.skip_quix else ["agg", "one-aggregator"]:
+        for variant in [] if args.skip_quix else args.quix_variants:
             group = f"{settings.namespace}-quix-{variant}"
             job, quix_proc, quix_peak = run_consumer_job(
                 f"quix ({variant})",
@@ -397,6 +440,48 @@ def main() -> int:
         # The comparison is against the faster Quix variant.
         best = max(quix.values(), key=lambda q: q["samples_per_s"]) if quix else None
 
+        faust: dict[str, float] | None = None
+        if not args.skip_faust:
+            group = f"{settings.namespace}-faust-baseline"
+            faust_env = {
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "BENCH_FAUST_GROUP": group,
+                "BENCH_FAUST_BOOTSTRAP": settings.bootstrap_servers,
+                "BENCH_FAUST_TOPIC": METRICS_MODEL.name(settings),
+                "BENCH_FAUST_OUTPUT": settings.topic("bench.faust"),
+                "BENCH_FAUST_PARTITIONS": str(args.partitions),
+                "BENCH_FAUST_DATADIR": str(workdir / "faust-baseline"),
+            }
+            faust, faust_proc, faust_peak = run_consumer_job(
+                "plain faust",
+                settings,
+                group,
+                total,
+                samples_per_message,
+                lambda: start_process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "faust",
+                        "-A",
+                        "bench.faust_job",
+                        "worker",
+                        "-l",
+                        "warn",
+                    ],
+                    faust_env,
+                    workdir / "faust-baseline.log",
+                ),
+                timeout_s=1800,
+            )
+            faust["peak_rss_mb"] = faust_peak.stop()
+            stop(faust_proc)
+        peers = {f"quix ({name})": q for name, q in quix.items()}
+        if faust is not None:
+            peers["plain faust"] = faust
+        best_peer = max(peers, key=lambda name: peers[name]["samples_per_s"]) if peers else None
+
         results = {
             "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
@@ -417,6 +502,17 @@ def main() -> int:
             "quix_messages_per_s": best["messages_per_s"] if best else None,
             "quix_variants": quix,
             "kestrel_vs_quix": kestrel["samples_per_s"] / best["samples_per_s"] if best else None,
+            "faust_samples_per_s": faust["samples_per_s"] if faust else None,
+            "faust_messages_per_s": faust["messages_per_s"] if faust else None,
+            "faust_peak_rss_mb": faust["peak_rss_mb"] if faust else None,
+            "kestrel_vs_faust": kestrel["samples_per_s"] / faust["samples_per_s"]
+            if faust
+            else None,
+            "best_peer": best_peer,
+            "kestrel_vs_best_peer": kestrel["samples_per_s"] / peers[best_peer]["samples_per_s"]
+            if best_peer
+            else None,
+            "consumers": CONSUMERS,
             "latency_load": {
                 "sources": args.latency_sources,
                 "messages_per_s": args.latency_sources * 60 // ROWS,
@@ -433,18 +529,20 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     rows = [
-        ("", "samples/s", "messages/s", "peak RSS MB"),
+        ("", "samples/s", "messages/s", "peak RSS MB", "state"),
         (
             "raw aiokafka (limit)",
             f"{results['raw_samples_per_s']:,.0f}",
             f"{results['raw_messages_per_s']:,.0f}",
             "-",
+            CONSUMERS["raw"]["state"],
         ),
         (
             "kestrel",
             f"{results['kestrel_samples_per_s']:,.0f}",
             f"{results['kestrel_messages_per_s']:,.0f}",
             f"{results['peak_rss_mb']:.0f}",
+            CONSUMERS["kestrel"]["state"],
         ),
     ]
     for variant, q in quix.items():
@@ -454,11 +552,22 @@ def main() -> int:
                 f"{q['samples_per_s']:,.0f}",
                 f"{q['messages_per_s']:,.0f}",
                 f"{q['peak_rss_mb']:.0f}",
+                CONSUMERS["quix"]["state"],
+            )
+        )
+    if faust is not None:
+        rows.append(
+            (
+                "plain faust, windowed tables",
+                f"{faust['samples_per_s']:,.0f}",
+                f"{faust['messages_per_s']:,.0f}",
+                f"{faust['peak_rss_mb']:.0f}",
+                CONSUMERS["faust"]["state"],
             )
         )
     print()
     for row in rows:
-        print(f"{row[0]:30} {row[1]:>14} {row[2]:>12} {row[3]:>12}")
+        print(f"{row[0]:30} {row[1]:>14} {row[2]:>12} {row[3]:>12}  {row[4]}")
     print(
         f"\nkestrel latency, production -> running 1 s window, at "
         f"{results['latency_load']['samples_per_s']:,} samples/s: "
@@ -466,6 +575,12 @@ def main() -> int:
     )
     if results["kestrel_vs_quix"]:
         print(f"kestrel / fastest quix: {results['kestrel_vs_quix']:.1f}x")
+    if results["kestrel_vs_faust"]:
+        print(f"kestrel / plain faust: {results['kestrel_vs_faust']:.1f}x")
+    if results["best_peer"]:
+        print(
+            f"kestrel / best peer ({results['best_peer']}): {results['kestrel_vs_best_peer']:.1f}x"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -169,11 +169,20 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Me
 
 
 def run_benchmark(module: str, args: list[str], output: Path, timeout_s: float) -> Any:
-    """``python -m <module> <args> --output <output>`` as ``make bench-*`` runs it; its JSON."""
+    """``python -m <module> <args> --output <output>`` as ``make bench-*`` runs it; its JSON.
+
+    Checks every key: each has a value, and the small run writes the same keys as the
+    full run the README quotes (``bench/results/<output's name>``), so a figure or a
+    baseline that stops being measured fails the suite.
+    """
     subprocess.run(
         [sys.executable, "-m", module, *args, "--output", str(output)],
         cwd=REPO,
         check=True,
         timeout=timeout_s,
     )
-    return json.loads(output.read_text())
+    result = json.loads(output.read_text())
+    assert [k for k, v in result.items() if v is None] == [], f"{module}: keys without a value"
+    published = json.loads((REPO / "bench" / "results" / output.name).read_text())
+    assert sorted(result) == sorted(published), f"{module}: keys differ from the README's run"
+    return result
