@@ -69,6 +69,7 @@ def run_limit(
     """Decode + detect in a loop, batch by batch, for at least ``seconds``."""
     detector = load_detector(settings)
     done, started, i = 0, time.perf_counter(), 0
+    cpu_started = time.process_time()  # all threads: onnxruntime's included
     while time.perf_counter() - started < seconds:
         chunk = [jpegs[(i + k) % len(jpegs)] for k in range(batch)]
         images = [
@@ -82,6 +83,7 @@ def run_limit(
     return {
         "fps": done / elapsed,
         "frame_ms": elapsed * 1000 / done,
+        "cpu_ms_per_frame": (time.process_time() - cpu_started) * 1000 / done,
         "batch": batch,
         "provider": detector.provider,
     }
@@ -200,6 +202,28 @@ def phase(
     }
 
 
+def _cpu_s(process: psutil.Process) -> float:
+    """A process's CPU seconds, user + system, its threads and waited-for children."""
+    times = process.cpu_times()
+    return float(times.user + times.system + times.children_user + times.children_system)
+
+
+def overhead(limit_cpu_ms: float, per_process: dict[str, float]) -> dict[str, float]:
+    """The pipeline's own CPU a frame: everything but the limit's decode and detect.
+
+    ``per_process`` is CPU ms a resulted frame of each process of the run (the
+    inference worker's includes its decode and detect); the share is against the
+    limit loop's CPU a frame for the same decode and detect at the same batch size.
+    """
+    total = sum(per_process.values())
+    own = total - limit_cpu_ms
+    return {
+        "total_cpu_ms_per_frame": total,
+        "pipeline_cpu_ms_per_frame": own,
+        "pipeline_share_of_detector": own / limit_cpu_ms,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=int, default=8)
@@ -262,8 +286,21 @@ def main() -> int:
         reader = threading.Thread(target=collect, args=(settings, stop_at, seen), daemon=True)
         reader.start()
         cpu_start = psutil.cpu_times()
+        assert broker.proc is not None
+        accounts = {
+            "inference worker": psutil.Process(inference.pid),
+            "stream worker": psutil.Process(stream.pid),
+            "broker": psutil.Process(broker.proc.pid),
+            "cameras + result reader (this process)": psutil.Process(),
+        }
+        before = {name: _cpu_s(p) for name, p in accounts.items()}
         # Phase 1, capacity: more frames than the machine detects.
         capacity = phase(settings, frames, args.fps, args.seconds, args.warmup, seen)
+        frames_done = capacity["frames_resulted"]
+        capacity["cpu_ms_per_frame"] = {
+            name: (_cpu_s(p) - before[name]) * 1000 / max(frames_done, 1)
+            for name, p in accounts.items()
+        }
         # Phase 2, latency: a load the machine keeps up with.
         per_camera = args.latency_fps / args.latency_cameras
         latency = phase(
@@ -300,6 +337,8 @@ def main() -> int:
         "dropped_frames": capacity["dropped_frames"] + latency["dropped_frames"],
         "peak_rss_mb": peak_rss,
         "host_cpu_busy_s": busy,
+        "limit_cpu_ms_per_frame": limit["cpu_ms_per_frame"],
+        **overhead(limit["cpu_ms_per_frame"], capacity["cpu_ms_per_frame"]),
         "capacity_phase": capacity,
         "latency_phase": latency,
     }
@@ -322,6 +361,15 @@ def main() -> int:
     for name, run in (("capacity", capacity), ("latency", latency)):
         parts = ", ".join(f"{k} {v:.1f}" for k, v in run["stage_ms_p50"].items())
         print(f"median stage times, {name} phase (ms): {parts}")
+    print("\nCPU ms a resulted frame, capacity phase (the limit loop's in the same run):")
+    print(f"  {'limit: decode + detect':42}{out['limit_cpu_ms_per_frame']:>8.1f}")
+    for name, value in capacity["cpu_ms_per_frame"].items():
+        print(f"  {name:42}{value:>8.1f}")
+    print(
+        f"  pipeline's own (all of the above but the limit's): "
+        f"{out['pipeline_cpu_ms_per_frame']:.1f} ms = "
+        f"{out['pipeline_share_of_detector']:.0%} of the detector's cost (target <= 25 %)"
+    )
     print(f"wrote {args.output}")
     return 0
 

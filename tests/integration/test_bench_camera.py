@@ -22,3 +22,8 @@ def test_the_camera_benchmark_measures_both_phases_and_writes_its_json(tmp_path:
     result = run_benchmark("bench.camera", args, output, timeout_s=380)
     assert result["limit_fps"] > 0 and result["kestrel_fps"] > 0
     assert result["latency_ms_p50"] > 0 and result["peak_rss_mb"] > 0
+    per_process = result["capacity_phase"]["cpu_ms_per_frame"]
+    assert set(per_process) >= {"inference worker", "stream worker", "broker"}
+    assert all(v > 0 for v in per_process.values()), per_process
+    assert result["limit_cpu_ms_per_frame"] > 0
+    assert result["total_cpu_ms_per_frame"] == pytest.approx(sum(per_process.values()))
