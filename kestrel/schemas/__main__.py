@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kestrel.schemas.alerts import Alert
+from kestrel.schemas.analysis import AnalysisCancel, AnalysisEvent, AnalysisRequest
 from kestrel.schemas.camera import CameraConfig, CameraResult, FrameDetections, FrameDropped
 from kestrel.schemas.metrics import LateSamples, MetricEnvelope, WindowAggregate
 from kestrel.schemas.temporal import TemporalAnalysis
@@ -24,6 +25,9 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "frame_detections.json": FrameDetections,
     "frame_dropped.json": FrameDropped,
     "temporal_analysis.json": TemporalAnalysis,
+    "analysis_request.json": AnalysisRequest,
+    "analysis_cancel.json": AnalysisCancel,
+    "analysis_event.json": AnalysisEvent,
 }
 
 
