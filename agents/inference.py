@@ -23,6 +23,13 @@ is delivered; a delivery that fails (librdkafka has retried it until
 writes at least once: after a crash it may detect a frame again, and the tracking
 stage, which writes exactly once, drops the duplicate.
 
+The same batches serve on-demand analysis requests (:mod:`kestrel.ondemand`), read
+from the four lane topics: a batch takes the urgent, high and normal requests' images
+first (earliest deadline first; a request never waits for the batching delay), then
+the cameras' frames, then low requests. A request's events go to ``analysis.events``
+and its record is acked when its last event is delivered; ``analysis.cancel`` is
+followed by every worker of the group (a group-less consumer).
+
 The detector is loaded when the worker starts, never at import, and the model's
 telemetry (FPS, latency, batch size, queue wait, GPU) goes to ``metrics.model``
 through the model-metrics client.
@@ -41,6 +48,7 @@ import cv2
 import faust
 import numpy as np
 import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import KafkaError
 from confluent_kafka import Message as KafkaMessage
 
@@ -53,10 +61,22 @@ from kestrel.collectors.model import ModelMetrics
 from kestrel.collectors.system import GpuSampler
 from kestrel.deadletter import DeadLetter
 from kestrel.errors import InvalidMessage, KestrelError
+from kestrel.ondemand.desk import Item, RequestDesk
+from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, Lane, Queued
 from kestrel.producer import KestrelProducer
+from kestrel.schemas.analysis import AnalysisCancel, AnalysisRequest, AnyEvent, CompleteEvent
 from kestrel.schemas.camera import Detection, FrameDetections
 from kestrel.state import original_headers
-from kestrel.topics import CAMERA_DETECTIONS, CAMERA_FRAMES, DEADLETTER, ensure_topics, faust_topic
+from kestrel.topics import (
+    ANALYSIS_CANCEL,
+    ANALYSIS_EVENTS,
+    ANALYSIS_REQUESTS,
+    CAMERA_DETECTIONS,
+    CAMERA_FRAMES,
+    DEADLETTER,
+    ensure_topics,
+    faust_topic,
+)
 from models import Detector, load_detector
 
 log = logging.getLogger(__name__)
@@ -68,6 +88,11 @@ UNKNOWN_MEMORY_S = 10.0
 frames_topic = faust_topic(app, settings, CAMERA_FRAMES)
 detections_topic = faust_topic(app, settings, CAMERA_DETECTIONS)
 deadletter_topic = faust_topic(app, settings, DEADLETTER)
+requests_topic = faust_topic(app, settings, *ANALYSIS_REQUESTS)
+LANE_OF_TOPIC = {
+    spec.name(settings): Lane(spec.suffix.rsplit(".", 1)[1]) for spec in ANALYSIS_REQUESTS
+}
+CANCEL_LOOKBACK_MS = 60_000  # a restarted worker still honours the last minute's cancels
 
 
 Image = np.ndarray[Any, np.dtype[np.uint8]]
@@ -95,6 +120,7 @@ class InferenceStage:
         self.registry = CameraRegistry(settings)
         self.producer: KestrelProducer | None = None
         self.metrics: ModelMetrics | None = None
+        self.request_metrics: ModelMetrics | None = None
         self.gpu: GpuSampler | None = None
         self.batch = AdaptiveBatchSize(max_size=settings.max_batch)
         self.decoders = ThreadPoolExecutor(2, thread_name_prefix="decode")
@@ -105,6 +131,12 @@ class InferenceStage:
         self._batcher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._unknown = UnknownCameras(UNKNOWN_MEMORY_S)
+        self.desk = RequestDesk(self.emit_event, lambda event: event.ack())
+        self.process = psutil.Process()
+        self._cancels: asyncio.Task[None] | None = None
+        #: Set once the cancels of the last minute are read: requests wait for it, so a
+        #: request cancelled while no worker ran ends cancelled, never runs.
+        self.cancels_read = asyncio.Event()
 
     async def start(self) -> None:
         """Load once; at every start of the agent, check that the background tasks run."""
@@ -112,7 +144,8 @@ class InferenceStage:
         await loop.run_in_executor(None, self.registry.start)
         if self._batcher is not None:
             return
-        await loop.run_in_executor(None, ensure_topics, settings, [CAMERA_DETECTIONS, DEADLETTER])
+        outputs = [CAMERA_DETECTIONS, DEADLETTER, ANALYSIS_EVENTS, ANALYSIS_CANCEL]
+        await loop.run_in_executor(None, ensure_topics, settings, outputs)
         self.detector = await loop.run_in_executor(self.runner, load_detector, settings)
         self.gpu = GpuSampler()
         vram = None
@@ -129,8 +162,14 @@ class InferenceStage:
         )
         self.producer = KestrelProducer(settings, **{"linger.ms": 1})
         self.metrics = ModelMetrics(f"model:{self.detector.name}", settings=settings)
+        # Each finished request's summary (digest D's per-session telemetry).
+        self.request_metrics = ModelMetrics(
+            f"model:{self.detector.name}-requests", settings=settings
+        )
         self._poller = asyncio.create_task(self._poll_forever(), name="inference-deliveries")
         self._batcher = asyncio.create_task(self._batch_forever(), name="inference-batcher")
+        self._cancels = asyncio.create_task(self._follow_cancels(), name="analysis-cancels")
+        self._cancels.add_done_callback(_crash_if_failed)
         log.info("inference: batch size starts at %d (max %d)", self.batch.size, settings.max_batch)
 
     # Admission, on the event loop ------------------------------------------------------
@@ -182,14 +221,15 @@ class InferenceStage:
         topic: str,
         value: bytes | None,
         key: bytes | None,
-        event: faust.EventT[bytes],
+        event: faust.EventT[bytes] | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Send the frame's record; ack the frame once Kafka has it."""
+        """Send a record; ack ``event`` (the input it ends) once Kafka has it."""
 
         def delivered(err: KafkaError | None, msg: KafkaMessage) -> None:
             if err is None:
-                event.ack()
+                if event is not None:
+                    event.ack()
             else:  # librdkafka gave up retrying: never ack, stop, replay on restart
                 failure = DeliveryFailed(f"a record to {msg.topic()} was not delivered: {err}")
                 asyncio.get_running_loop().create_task(app.crash(failure))
@@ -250,6 +290,56 @@ class InferenceStage:
         )
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
+    def emit_event(self, event: AnyEvent, ack: faust.EventT[bytes] | None) -> None:
+        """A request's event on ``analysis.events``; with its last one, the request's ack."""
+        topic = ANALYSIS_EVENTS.name(settings)
+        self.deliver(topic, event.model_dump_json().encode(), event.request_id.encode(), ack)
+        if isinstance(event, CompleteEvent) and self.request_metrics is not None:
+            summary = event.payload.summary
+            self.request_metrics.record(
+                total_tokens=float(summary.total_tokens),
+                average_token_latency_ms=summary.average_token_latency_ms,
+                p95_token_latency_ms=summary.p95_token_latency_ms,
+                first_token_ms=summary.first_token_ms,
+                throughput_tokens_per_s=summary.throughput_tokens_per_s,
+                max_memory_usage_mb=summary.max_memory_usage_mb,
+                error_count=float(summary.error_count),
+                queue_ms=summary.queue_ms,
+                total_ms=summary.total_ms,
+            )
+
+    async def _follow_cancels(self) -> None:
+        """Every cancel of the group's requests (a group-less consumer: each worker
+        needs all of them), from the last minute on."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            partition = TopicPartition(ANALYSIS_CANCEL.name(settings), 0)
+            consumer.assign([partition])
+            since = time.time_ns() // 1_000_000 - CANCEL_LOOKBACK_MS
+            found = (await consumer.offsets_for_times({partition: since}))[partition]
+            end = (await consumer.end_offsets([partition]))[partition]
+            consumer.seek(partition, found.offset if found is not None else end)
+            while await consumer.position(partition) < end:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        self._cancel(record)
+            self.cancels_read.set()
+            async for record in consumer:
+                self._cancel(record)
+        finally:
+            await consumer.stop()
+
+    def _cancel(self, record: Any) -> None:
+        try:
+            cancel = AnalysisCancel.model_validate_json(record.value or b"")
+        except ValueError as exc:
+            log.warning("analysis.cancel@%d is not a cancel: %s", record.offset, exc)
+            return
+        self.desk.cancel(cancel.request_id, cancel.reason)
+
     async def _poll_forever(self) -> None:
         """Serve delivery reports on the event loop, where the acks they make belong."""
         assert self.producer is not None
@@ -268,11 +358,19 @@ class InferenceStage:
                 await app.crash(exc)
                 return
 
-    async def _next_batch(self) -> list[Waiting[Frame]]:
+    async def _next_batch(self) -> tuple[list[Waiting[Frame]], list[Queued[Item]]]:
+        """Frames and requests' items: requests with a deadline go at once, without the
+        batching delay, and take the batch's first places; low requests the last."""
         delay = settings.max_queue_delay_ms / 1000
+        lanes = self.desk.lanes
         while True:
+            self.desk.expire()
+            if lanes.waiting(AHEAD_OF_CAMERAS):
+                break
             oldest = self.queues.oldest()
             if oldest is None:
+                if lanes.waiting((Lane.LOW,)):
+                    break
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
@@ -286,23 +384,31 @@ class InferenceStage:
                 await asyncio.wait_for(self.wakeup.wait(), remaining)
             except TimeoutError:
                 break
-        return self.queues.take(self.batch.size)
+        size = self.batch.size
+        ahead = lanes.take(size, AHEAD_OF_CAMERAS)
+        frames = self.queues.take(size - len(ahead))
+        return frames, ahead + lanes.take(size - len(ahead) - len(frames), (Lane.LOW,))
 
-    async def _run(self, batch: list[Waiting[Frame]]) -> None:
+    async def _run(self, taken: tuple[list[Waiting[Frame]], list[Queued[Item]]]) -> None:
+        batch, requests = taken
         oldest_ns = time.time_ns() - round(settings.frame_max_age_s * 1e9)
         for w in [w for w in batch if w.item.headers.capture_ns < oldest_ns]:
             self.drop(w.item, "expired")
         batch = [w for w in batch if w.item.headers.capture_ns >= oldest_ns]
-        if not batch:
+        if not batch and not requests:
             return
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        self.desk.started(requests, len(batch) + len(requests), self.rss_mb())
         decoded = await asyncio.gather(
             *(
                 loop.run_in_executor(self.decoders, _decode, w.item.event.message.value)
                 for w in batch
-            )
+            ),
+            *(loop.run_in_executor(self.decoders, _decode, q.item.image) for q in requests),
         )
+        request_images = decoded[len(batch) :]
+        decoded = decoded[: len(batch)]
         decode_ms = (time.monotonic() - started) * 1000
         good = [(w, image) for w, image in zip(batch, decoded, strict=True) if image is not None]
         for w, image in zip(batch, decoded, strict=True):
@@ -311,10 +417,24 @@ class InferenceStage:
                     w.item.event,
                     InvalidMessage("corrupt_jpeg", "the value does not decode as a JPEG"),
                 )
+        asked = []
+        for q, image in zip(requests, request_images, strict=True):
+            if image is None:
+                self.desk.failed(q.item, "not_an_image", "the image does not decode")
+            else:
+                asked.append((q.item, image))
         assert self.detector is not None and self.producer is not None
         infer_started = time.monotonic()
-        detected = await self._detect(good)
+        found_all = await self._detect([image for _, image in good + asked])
         inference_ms = (time.monotonic() - infer_started) * 1000
+        detected = []
+        for (w, _), found in zip(good, found_all[: len(good)], strict=True):
+            if isinstance(found, Exception):
+                error = InvalidMessage("processing_error", f"{type(found).__name__}: {found}")
+                self.dead_letter(w.item.event, error)
+            else:
+                detected.append((w, found))
+        self._answer(asked, found_all[len(good) :])
         for w, found in detected:
             self.publish(
                 w.item,
@@ -331,34 +451,62 @@ class InferenceStage:
             )
         latency_ms = (time.monotonic() - started) * 1000
         self.frames += len(good)
-        self._adapt(len(batch), latency_ms)
+        self._adapt(len(batch) + len(requests), latency_ms)
         self._report(batch, started, latency_ms)
 
-    async def _detect(
-        self, good: list[tuple[Waiting[Frame], Image]]
-    ) -> list[tuple[Waiting[Frame], Any]]:
-        """Run the detector on a batch; if it raises, on each frame alone.
+    def _answer(self, asked: list[tuple[Item, Image]], found_all: list[Any]) -> None:
+        """Each request's context, findings and result, from what the detector found."""
+        assert self.detector is not None
+        for (item, image), found in zip(asked, found_all, strict=True):
+            if isinstance(found, Exception):
+                self.desk.failed(item, "processing_error", f"{type(found).__name__}: {found}")
+                continue
+            request = item.run.request
+            camera = None
+            if request.camera_id is not None:
+                camera = self.registry.get(request.camera_id)
+                if camera is None:
+                    message = f"camera {request.camera_id!r} is not registered"
+                    self.desk.failed(item, "unknown_camera", message)
+                    continue
+            detections = [
+                Detection(label=label, score=float(score), box=[float(v) for v in box])
+                for box, score, label in zip(found.boxes, found.scores, found.labels, strict=True)
+            ]
+            height, width = image.shape[:2]
+            threshold = request.score_threshold or settings.score_threshold
+            self.desk.finish(
+                item, detections, (width, height), camera, threshold, self.detector.name
+            )
 
-        A frame the detector cannot take (whatever a producer put in it) goes to the
-        dead letters with the error, and the rest of its batch goes on.
+    def rss_mb(self) -> float:
+        return float(self.process.memory_info().rss) / 2**20
+
+    async def _detect(self, images: list[Image]) -> list[Any]:
+        """Run the detector on a batch; if it raises, on each image alone.
+
+        What the detector cannot take (whatever a producer put in it) comes back as
+        its exception, in its place, and the rest of the batch goes on.
         """
         assert self.detector is not None
+        if not images:
+            return []
         loop = asyncio.get_running_loop()
-        images = [image for _, image in good]
         try:
-            results = await loop.run_in_executor(self.runner, self.detector.detect, images)
-            return [(w, found) for (w, _), found in zip(good, results, strict=True)]
+            results: list[Any] = await loop.run_in_executor(
+                self.runner, self.detector.detect, images
+            )
+            return results
         except Exception:
-            log.exception("inference: the batch failed; retrying its frames one by one")
-        done = []
-        for w, image in good:
+            log.exception("inference: the batch failed; retrying its images one by one")
+        done: list[Any] = []
+        for image in images:
             try:
                 [found] = await loop.run_in_executor(self.runner, self.detector.detect, [image])
             except Exception as exc:
-                error = InvalidMessage("processing_error", f"{type(exc).__name__}: {exc}")
-                self.dead_letter(w.item.event, error)
+                done.append(exc)
             else:
-                done.append((w, found))
+                done.append(found)
         return done
 
     def _adapt(self, size: int, latency_ms: float) -> None:
@@ -386,6 +534,13 @@ class InferenceStage:
         )
 
 
+def _crash_if_failed(task: asyncio.Task[None]) -> None:
+    """A background task that stops is a bug or a lost broker: stop the worker loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())
+        asyncio.get_running_loop().create_task(app.crash(task.exception()))  # type: ignore[arg-type]
+
+
 def _decode(jpeg: bytes | None) -> Image | None:
     """A BGR image, or None for bytes that are not a decodable image."""
     if not jpeg:
@@ -404,3 +559,27 @@ async def infer(stream: faust.StreamT[bytes]) -> None:
     await stage.start()
     async for event in manual_acks.events():
         await stage.admit(event)
+
+
+# On-demand analysis --------------------------------------------------------------------
+def _admit_request(event: faust.EventT[bytes]) -> None:
+    """Parse a request and hand it to the desk; a malformed one is dead-lettered."""
+    message = event.message
+    lane = LANE_OF_TOPIC[message.topic]
+    try:
+        request = AnalysisRequest.model_validate_json(message.value or b"")
+    except ValueError as exc:  # pydantic's ValidationError
+        stage.dead_letter(event, InvalidMessage("bad_request", str(exc)))
+        return
+    stage.desk.admit(request, lane, event)
+    stage.wakeup.set()
+
+
+@app.agent(requests_topic)
+async def serve_requests(stream: faust.StreamT[bytes]) -> None:
+    """Admit every request; each is acked once its last event is delivered."""
+    manual_acks = cast(faust.Stream[bytes], stream).noack()
+    await stage.start()
+    await stage.cancels_read.wait()
+    async for event in manual_acks.events():
+        _admit_request(event)

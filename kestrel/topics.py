@@ -130,6 +130,35 @@ DEADLETTER = TopicSpec(
     config={"retention.ms": str(7 * 24 * 3600 * 1000), "max.message.bytes": str(9 * 1024 * 1024)},
 )
 
+# On-demand analysis (kestrel.ondemand): one request topic per priority lane, so a flood
+# in one lane never sits in front of another's requests in a partition.
+_REQUEST_CONFIG = {"retention.ms": str(3600 * 1000), "max.message.bytes": str(12 * 1024 * 1024)}
+
+
+def _lane(lane: str) -> TopicSpec:
+    return TopicSpec(
+        f"analysis.requests.{lane}",
+        doc=f"On-demand analysis requests of the {lane} lane (JSON, the image base64).",
+        key="request_id",
+        config=_REQUEST_CONFIG,
+    )
+
+
+ANALYSIS_REQUESTS = tuple(_lane(lane) for lane in ("urgent", "high", "normal", "low"))
+ANALYSIS_CANCEL = TopicSpec(
+    "analysis.cancel",
+    doc="Cancels of on-demand requests; every inference worker reads all of it.",
+    key="request_id",
+    partitions=1,
+    config={"retention.ms": str(3600 * 1000)},
+)
+ANALYSIS_EVENTS = TopicSpec(
+    "analysis.events",
+    doc="Each on-demand request's events, numbered, in order: phases, tokens, its end.",
+    key="request_id",
+    config={"retention.ms": str(24 * 3600 * 1000)},
+)
+
 # Changelogs of the stateful stages (kestrel.state): compacted, with segments rolled
 # each minute so that compaction keeps up and a restore reads little more than the
 # live keys; records up to 8 MB (a source with many fields keeps many sketches).
@@ -186,6 +215,9 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     CAMERA_DETECTIONS,
     CAMERA_RESULTS,
     DEADLETTER,
+    *ANALYSIS_REQUESTS,
+    ANALYSIS_CANCEL,
+    ANALYSIS_EVENTS,
     STATE_WINDOWS,
     STATE_TRACKS,
     STATE_ANALYTICS,
