@@ -171,6 +171,27 @@ class Settings(BaseSettings):
         "compresses every message once per client (43 % of its CPU at 100 clients).",
     )
 
+    # --- On-demand analysis uploads (web/analyze.py) ---------------------------------------
+    upload_concurrency: int = Field(
+        5, ge=1, le=64, description="Uploads prepared (decoded, compressed) at once."
+    )
+    upload_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Larger uploads get 413."
+    )
+    upload_max_pixels: int = Field(
+        40_000_000, ge=1, description="Larger images get 413 (a decompression bomb costs this)."
+    )
+    upload_target_bytes: int = Field(
+        512 * 1024,
+        ge=8 * 1024,
+        le=8 * 1024 * 1024,
+        description="The quality search compresses an upload to at most this.",
+    )
+    upload_quality_floor: int = Field(
+        40, ge=1, le=95, description="The lowest quality the search goes to."
+    )
+    upload_format: Literal["jpeg", "webp"] = Field("jpeg", description="The format it encodes.")
+
     rules_path: Path | None = Field(
         None,
         description="The analytics rules file (YAML); unset: kestrel/analytics/default_rules.yaml.",

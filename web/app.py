@@ -10,6 +10,7 @@ is the hot cache (:mod:`web.live`), filled by one group-less consumer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -32,9 +33,11 @@ from kestrel.camera.frame_cache import FrameCache
 from kestrel.collectors.publisher import BatchingPublisher
 from kestrel.producer import KestrelProducer
 from kestrel.schemas import SampleColumns
+from kestrel.schemas.analysis import AnalysisEvent
 from kestrel.settings import Settings
-from kestrel.topics import METRICS_UI
+from kestrel.topics import ANALYSIS_EVENTS, METRICS_UI
 from web.access import AUTHENTICATED, Access, AccessMiddleware
+from web.analyze import Analyze, UploadRefused, parse_submission
 from web.backpressure import MAX_HZ
 from web.feed import HotCacheFeed
 from web.hub import Client, ClientStalled, Hub
@@ -83,6 +86,9 @@ class Dashboard:
             else None
         )
         self.ux = UxMerger(publisher)
+        self.analyze = Analyze(settings, self.hub, self.producer)
+        if self.feed is not None:  # the last 10 minutes: any request still worth showing
+            self.feed.follow(ANALYSIS_EVENTS, 600_000, self._add_analysis_event)
         self._tasks: list[asyncio.Task[None]] = []
         self.process = psutil.Process()
         self.started = time.time()
@@ -97,6 +103,9 @@ class Dashboard:
             asyncio.create_task(self._flush_ux(), name="ux-flush"),
             asyncio.create_task(self._publish_system(), name="system-status"),
         ]
+
+    def _add_analysis_event(self, value: bytes) -> None:
+        self.analyze.book.add(AnalysisEvent.model_validate_json(value).root)
 
     async def _flush_ux(self) -> None:
         while True:
@@ -271,15 +280,46 @@ class Dashboard:
                 # stamp samples into the future, nor far into the past.
                 clamped = [min(max(int(t), now - UX_PAST_MS), now) for t in samples.timestamp]
                 self.ux.add(clamped, samples.data)
+            elif message.type == "generate":
+                await send(await self._generate(message.payload, client, correlation))
+            elif message.type == "cancel":
+                request_id = str(message.payload.get("id", ""))
+                if not self.analyze.cancel(request_id):
+                    raise ProtocolError("unknown_request", f"no request {request_id!r} here")
+                answer = {"id": request_id, "state": "cancelling"}
+                await send(server_message("cancelling", answer, correlation_id=correlation))
             elif message.type == "hello":
                 raise ProtocolError("already_hello", "hello was already sent")
             # pong: nothing to answer; hearing it reset the heartbeat
         except ProtocolError as exc:
             await send(error_message(exc, correlation))
 
+    async def _generate(
+        self, payload: dict[str, Any], client: Client, correlation: str | None
+    ) -> bytes:
+        """Digest D's ``generate``: a small inline image (base64), submitted like an
+        upload; the client is subscribed to the request's channel at once."""
+        try:
+            image = base64.b64decode(str(payload.get("image", "")), validate=True)
+            params = payload.get("params") or {}
+            if not isinstance(params, dict):
+                raise UploadRefused(400, "bad_field", "params: an object")
+            fields = {k: str(v) for k, v in params.items() if v is not None}
+            accepted = await self.analyze.submit(image, parse_submission(fields))
+        except UploadRefused as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        except ValueError:  # binascii.Error
+            raise ProtocolError("bad_field", "image: base64 of an image file") from None
+        channel = accepted["channel"]
+        if channel not in client.subscriptions:
+            self.hub.subscribe(client, channel, self.backfill(channel))
+        return server_message("accepted", accepted, correlation_id=correlation)
+
     def backfill(self, channel: str) -> dict[str, Any]:
         if channel == "system":
             return self.status_streaming()
+        if channel.startswith("analysis:"):
+            return self.analyze.book.backfill(channel.removeprefix("analysis:"))
         return self.cache.backfill(channel)
 
     # Server-Sent Events ------------------------------------------------------------------
@@ -443,6 +483,60 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
             return JSONResponse({"error": f"no temporal analysis of {key!r}"}, 404)
         return Response(found.model_dump_json(), media_type="application/json")
 
+    async def analyze(request: Request) -> Response:
+        """``POST /api/v1/stream/analyze`` (multipart: ``file`` and the request's fields)."""
+        length = int(request.headers.get("content-length") or 0)
+        if length > settings.upload_max_bytes + 64 * 1024:  # refused before it is read
+            return JSONResponse({"error": "upload_too_large", "message": f"{length} bytes"}, 413)
+        try:
+            async with request.form(max_files=1, max_fields=10) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise UploadRefused(400, "no_file", "send the image as the field 'file'")
+                if (upload.content_type or "").startswith("video/"):
+                    message = "clips are not analysed yet: send an image (JPEG, PNG or WebP)"
+                    raise UploadRefused(415, "unsupported_media", message)
+                fields = {k: v for k, v in form.items() if isinstance(v, str)}
+                submission = parse_submission(fields)
+                data = await upload.read(settings.upload_max_bytes + 1)
+            accepted = await dash.analyze.submit(data, submission)
+        except UploadRefused as exc:
+            return JSONResponse(exc.body(), exc.status)
+        return JSONResponse(accepted, 202)
+
+    async def analysis_status(request: Request) -> Response:
+        tracked = dash.analyze.book.requests.get(request.path_params["request_id"])
+        if tracked is None:
+            return JSONResponse({"error": "unknown_request"}, 404)
+        return JSONResponse(tracked.status())
+
+    async def analysis_cancel(request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        if not dash.analyze.cancel(request_id):
+            return JSONResponse({"error": "unknown_request"}, 404)
+        return JSONResponse({"id": request_id, "state": "cancelling"}, 202)
+
+    async def upload_queue(request: Request) -> Response:
+        return JSONResponse(dash.analyze.upload_queue())
+
+    async def upload_status(request: Request) -> Response:
+        upload = dash.analyze.uploads.get(request.path_params["upload_id"])
+        if upload is None:
+            return JSONResponse({"error": "unknown_upload"}, 404)
+        return JSONResponse(upload.status())
+
+    async def dashboard_status(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "websocket": dash.hub.stats(),
+                "requests": dash.analyze.book.counts(),
+                "upload_queue": dash.analyze.upload_queue(),
+                "sources": len(dash.cache.sources()),
+                "cameras": len(dash.cache.results),
+                "active_alerts": len(dash.cache.active_alerts),
+            }
+        )
+
     async def metrics(request: Request) -> Response:
         stats = dash.hub.stats()
         clients_gauge.set(float(stats["clients"]))  # type: ignore[arg-type]
@@ -473,6 +567,12 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         Route("/api/v1/status/system", system),
         Route("/api/v1/status/streaming", streaming),
         Route("/api/v1/status/websocket", websocket_status),
+        Route("/api/v1/status/upload-queue", upload_queue),
+        Route("/api/v1/status/upload/{upload_id}", upload_status),
+        Route("/api/v1/status/dashboard", dashboard_status),
+        Route("/api/v1/stream/analyze", analyze, methods=["POST"]),
+        Route("/api/v1/stream/status/{request_id}", analysis_status),
+        Route("/api/v1/stream/{request_id}", analysis_cancel, methods=["DELETE"]),
         Route("/api/v1/cameras", cameras),
         Route("/api/v1/cameras/{camera_id}/latest", camera_latest),
         Route("/api/v1/cameras/{camera_id}/frame.jpg", camera_frame),

@@ -76,6 +76,12 @@ class HotCacheFeed:
         for spec, _ in self._plan:
             self._handlers[spec.name(settings)] = self._handler(spec)
 
+    def follow(self, spec: TopicSpec, lookback_ms: int, handle: Callable[[bytes], None]) -> None:
+        """Also read ``spec`` from ``lookback_ms`` ago, each record's value to ``handle``
+        (before :meth:`start`)."""
+        self._plan.append((spec, lookback_ms))
+        self._handlers[spec.name(self.settings)] = lambda r: handle(_value(r))
+
     def _handler(self, spec: TopicSpec) -> Callable[[Record], None]:
         cache = self.cache
         if spec is METRICS_AGGREGATES:

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 VERSION = 1
 CHANNEL = re.compile(
-    r"^(cameras|alerts|system|analytics|camera:[A-Za-z0-9._-]{1,64}|metrics:[A-Za-z0-9:._/-]{1,110})$"
+    r"^(cameras|alerts|system|analytics|camera:[A-Za-z0-9._-]{1,64}|metrics:[A-Za-z0-9:._/-]{1,110}"
+    r"|analysis:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})$"
 )
 MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
 
@@ -25,7 +26,7 @@ class ClientMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1] = 1
-    type: Literal["hello", "subscribe", "unsubscribe", "ping", "pong", "ux"]
+    type: Literal["hello", "subscribe", "unsubscribe", "ping", "pong", "ux", "generate", "cancel"]
     id: str | None = Field(None, max_length=64)
     payload: dict[str, Any] = {}
 
@@ -70,7 +71,7 @@ def channels_of(message: ClientMessage) -> list[str]:
             raise ProtocolError(
                 "unknown_channel",
                 f"{channel!r} is not a channel (cameras, camera:<id>, metrics:<source>, "
-                "alerts, analytics, system)",
+                "alerts, analytics, system, analysis:<request id>)",
             )
     return channels
 

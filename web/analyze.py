@@ -1,0 +1,357 @@
+"""On-demand analysis in the web server: uploads in, each request's events out.
+
+The server only prepares and streams (digest C): an upload is checked, compressed in
+the upload queue (at most ``KESTREL_UPLOAD_CONCURRENCY`` at once, in a thread pool:
+decoding and encoding block) and put on its lane's topic; the inference group does the
+work. :class:`RequestBook` follows ``analysis.events`` (through the hot cache's feed)
+and publishes each event on the hub's ``analysis:<id>`` channel, whose backfill is
+every event so far, so a client that reconnects, or a server that restarts, gets the
+rest from where it was. Finished requests are kept ``RETENTION_S`` (30 s), and at
+most ``HISTORY`` (1000) requests are remembered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from kestrel.errors import InvalidMessage
+from kestrel.ondemand.compress import Compressed, compress, decode_image
+from kestrel.ondemand.lanes import DEFAULT_CAPACITY, LANE_ORDER, Lane
+from kestrel.producer import KestrelProducer
+from kestrel.schemas.analysis import (
+    MAX_ITEMS,
+    AnalysisCancel,
+    AnalysisRequest,
+    AnyEvent,
+    UploadUpdate,
+    UploadUpdateEvent,
+    is_final,
+)
+from kestrel.settings import Settings
+from kestrel.topics import ANALYSIS_CANCEL, ANALYSIS_EVENTS, ANALYSIS_REQUESTS
+from web.hub import Hub
+
+log = logging.getLogger(__name__)
+
+RETENTION_S = 30.0
+HISTORY = 1_000
+MAX_EVENTS = MAX_ITEMS + 50  # a request's tokens and its phases
+UPLOAD_PHASES = 5  # received, waiting, compressing, compressed, submitted
+
+
+class UploadRefused(Exception):
+    """An upload that is refused before anything of it is published (an HTTP 4xx)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message}
+
+
+@dataclass
+class Tracked:
+    """What the server knows of one request, from its events."""
+
+    request_id: str
+    lane: Lane | None = None  # known for the requests this server submitted
+    events: list[dict[str, Any]] = field(default_factory=list)
+    last_seq: int = -1
+    outcome: str | None = None
+    phase: str = "submitted"
+    progress: float = 0.0
+    finished: float | None = None  # monotonic
+
+    def status(self) -> dict[str, Any]:
+        tokens = sum(1 for e in self.events if e["type"] == "token")
+        return {
+            "id": self.request_id,
+            "lane": self.lane,
+            "state": self.outcome or ("running" if self.phase != "queued" else "queued"),
+            "phase": self.phase,
+            "progress": self.progress,
+            "tokens": tokens,
+            "events": len(self.events),
+            "last_seq": self.last_seq,
+            "final": self.events[-1] if self.outcome else None,
+        }
+
+
+class RequestBook:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.requests: OrderedDict[str, Tracked] = OrderedDict()
+        self.duplicates = 0
+
+    def track(self, request_id: str, lane: Lane | None = None) -> Tracked:
+        tracked = self.requests.get(request_id)
+        if tracked is None:
+            tracked = self.requests[request_id] = Tracked(request_id, lane)
+            self.sweep()
+        elif lane is not None:
+            tracked.lane = lane
+        return tracked
+
+    def add(self, event: AnyEvent) -> None:
+        """One event from ``analysis.events``: kept, and published on its channel."""
+        tracked = self.track(event.request_id)
+        if event.seq <= tracked.last_seq:  # written again after a worker's restart
+            self.duplicates += 1
+            return
+        tracked.last_seq = event.seq
+        data = event.model_dump(mode="json")
+        if len(tracked.events) < MAX_EVENTS:
+            tracked.events.append(data)
+        if event.type == "stream_update":
+            tracked.phase, tracked.progress = event.payload.phase, event.payload.progress
+        if is_final(event):
+            tracked.outcome = event.type
+            tracked.progress = 100.0 if event.type == "complete" else tracked.progress
+            tracked.finished = time.monotonic()
+        self.hub.publish(f"analysis:{event.request_id}", str(event.seq), data)
+
+    def sweep(self) -> None:
+        """Forget finished requests after RETENTION_S, and the oldest beyond HISTORY."""
+        horizon = time.monotonic() - RETENTION_S
+        for request_id, tracked in list(self.requests.items()):
+            if tracked.finished is not None and tracked.finished < horizon:
+                del self.requests[request_id]
+        while len(self.requests) > HISTORY:
+            self.requests.popitem(last=False)
+
+    def in_flight(self, lane: Lane) -> int:
+        return sum(1 for t in self.requests.values() if t.lane is lane and t.outcome is None)
+
+    def backfill(self, request_id: str) -> dict[str, Any]:
+        tracked = self.requests.get(request_id)
+        if tracked is None:
+            return {"events": [], "known": False}
+        return {"events": list(tracked.events), "known": True}
+
+    def counts(self) -> dict[str, Any]:
+        by_state: dict[str, int] = {}
+        for tracked in self.requests.values():
+            state = tracked.status()["state"]
+            by_state[state] = by_state.get(state, 0) + 1
+        return {
+            "tracked": len(self.requests),
+            "by_state": by_state,
+            "in_flight": {lane.value: self.in_flight(lane) for lane in LANE_ORDER},
+            "duplicates": self.duplicates,
+        }
+
+
+@dataclass
+class Upload:
+    upload_id: str
+    lane: Lane
+    phase: str = "received"
+    report: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {"id": self.upload_id, "lane": self.lane, "phase": self.phase, **self.report}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated request's parameters (from a form or a WebSocket message)."""
+
+    lane: Lane
+    deadline_ms: int | None
+    camera_id: str | None
+    score_threshold: float | None
+    max_items: int | None
+
+
+def parse_submission(fields: dict[str, str]) -> Submission:
+    """The fields of a submit, each checked; :class:`UploadRefused` (400) says which."""
+
+    def bad(name: str, why: str) -> UploadRefused:
+        return UploadRefused(400, "bad_field", f"{name}: {why}")
+
+    priority = fields.get("priority", "normal")
+    if priority not in {lane.value for lane in LANE_ORDER}:
+        raise bad("priority", "one of urgent, high, normal, low")
+
+    def number(name: str, kind: type[float] | type[int], low: float, high: float) -> Any:
+        raw = fields.get(name)
+        if raw in (None, ""):
+            return None
+        try:
+            value = kind(str(raw))
+        except ValueError:
+            raise bad(name, f"not a{'n integer' if kind is int else ' number'}") from None
+        if not low <= value <= high:  # NaN fails both
+            raise bad(name, f"must be in [{low:g}, {high:g}]")
+        return value
+
+    camera_id = fields.get("camera_id") or None
+    if camera_id is not None and len(camera_id) > 200:
+        raise bad("camera_id", "at most 200 characters")
+    return Submission(
+        lane=Lane(priority),
+        deadline_ms=number("deadline_ms", int, 1, 3_600_000),
+        camera_id=camera_id,
+        score_threshold=number("score_threshold", float, 0.01, 0.99),
+        max_items=number("max_items", int, 1, MAX_ITEMS),
+    )
+
+
+class Analyze:
+    """Submits, cancels and the upload queue; one per web server."""
+
+    def __init__(self, settings: Settings, hub: Hub, producer: KestrelProducer | None) -> None:
+        self.settings = settings
+        self.book = RequestBook(hub)
+        self.producer = producer
+        self.slots = asyncio.Semaphore(settings.upload_concurrency)
+        self.pool = ThreadPoolExecutor(settings.upload_concurrency, thread_name_prefix="upload")
+        self.uploads: OrderedDict[str, Upload] = OrderedDict()
+        self.refused: dict[str, int] = {}
+
+    def _refuse(self, status: int, code: str, message: str) -> UploadRefused:
+        self.refused[code] = self.refused.get(code, 0) + 1
+        return UploadRefused(status, code, message)
+
+    async def submit(self, data: bytes, submission: Submission) -> dict[str, Any]:
+        """Check, compress and publish one image; its id, status URL and channel.
+
+        Everything that can refuse it does so before anything is published, so a
+        refused upload leaves nothing behind.
+        """
+        if self.producer is None:
+            raise self._refuse(503, "no_kafka", "this server does not publish to Kafka")
+        limit = self.settings.upload_max_bytes
+        if not data:
+            raise self._refuse(400, "empty_upload", "the upload is empty")
+        if len(data) > limit:
+            raise self._refuse(413, "upload_too_large", f"{len(data)} bytes > {limit}")
+        lane = submission.lane
+        capacity = DEFAULT_CAPACITY[lane]
+        if self.book.in_flight(lane) >= capacity:
+            message = f"the {lane} lane has {capacity} requests in flight; retry later"
+            raise self._refuse(429, "lane_full", message)
+        loop = asyncio.get_running_loop()
+        try:
+            image = await loop.run_in_executor(
+                self.pool, decode_image, data, self.settings.upload_max_pixels
+            )
+        except InvalidMessage as exc:
+            status = 413 if exc.reason == "image_too_large" else 415
+            raise self._refuse(status, exc.reason, exc.detail) from None
+
+        request_id = uuid.uuid4().hex
+        upload = self._upload(request_id, lane)
+        self.book.track(request_id, lane)
+        submitted_ms = time.time_ns() // 1_000_000
+        seq = 0
+
+        def update(phase: str, compressed: Compressed | None = None) -> None:
+            nonlocal seq
+            upload.phase = phase
+            report = compressed.report() if compressed is not None else {}
+            upload.report = report
+            fields = {k: v for k, v in report.items() if k in UploadUpdate.model_fields}
+            payload = UploadUpdate(phase=phase, upload_id=request_id, **fields)  # type: ignore[arg-type]
+            event = UploadUpdateEvent(
+                request_id=request_id, seq=seq, ts_ms=time.time_ns() // 1_000_000, payload=payload
+            )
+            seq += 1
+            self._send(ANALYSIS_EVENTS.name(self.settings), event.model_dump_json(), request_id)
+
+        update("received")
+        update("waiting")
+        async with self.slots:
+            update("compressing")
+            compressed = await loop.run_in_executor(
+                self.pool,
+                compress,
+                data,
+                image,
+                self.settings.upload_target_bytes,
+                self.settings.upload_quality_floor,
+                self.settings.upload_format,
+            )
+        update("compressed", compressed)
+        update("submitted", compressed)
+        request = AnalysisRequest(
+            request_id=request_id,
+            priority=lane,
+            submitted_ms=submitted_ms,
+            deadline_ms=None
+            if submission.deadline_ms is None
+            else submitted_ms + submission.deadline_ms,
+            image=base64.b64encode(compressed.data),
+            camera_id=submission.camera_id,
+            score_threshold=submission.score_threshold,
+            max_items=submission.max_items,
+            events_before=seq,
+        )
+        # Its upload events first: the worker numbers on from them, on the same partition.
+        await self._delivered()
+        topic = ANALYSIS_REQUESTS[lane.rank].name(self.settings)
+        self._send(topic, request.model_dump_json(), request_id)
+        await self._delivered()
+        upload.finished = time.monotonic()
+        return {
+            "id": request_id,
+            "status_url": f"/api/v1/stream/status/{request_id}",
+            "channel": f"analysis:{request_id}",
+            "lane": lane.value,
+            "deadline_ms": request.due_ms(),
+            "upload": compressed.report(),
+        }
+
+    def _send(self, topic: str, value: str, key: str) -> None:
+        assert self.producer is not None
+        self.producer.send(topic, value.encode(), key.encode())
+
+    async def _delivered(self) -> None:
+        assert self.producer is not None
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(None, self.producer.flush, 10.0)
+        if left:
+            raise self._refuse(503, "kafka_unavailable", "Kafka did not take the upload")
+
+    def _upload(self, upload_id: str, lane: Lane) -> Upload:
+        upload = self.uploads[upload_id] = Upload(upload_id, lane)
+        horizon = time.monotonic() - RETENTION_S
+        for key, old in list(self.uploads.items()):
+            if (old.finished is not None and old.finished < horizon) or len(self.uploads) > HISTORY:
+                del self.uploads[key]
+        return upload
+
+    def cancel(self, request_id: str, reason: str = "cancelled by the client") -> bool:
+        """Publish a cancel for a request this server knows; False if it does not."""
+        tracked = self.book.requests.get(request_id)
+        if tracked is None or self.producer is None:
+            return False
+        cancel = AnalysisCancel(
+            request_id=request_id, requested_ms=time.time_ns() // 1_000_000, reason=reason
+        )
+        self._send(ANALYSIS_CANCEL.name(self.settings), cancel.model_dump_json(), request_id)
+        self.producer.poll()
+        return True
+
+    def upload_queue(self) -> dict[str, Any]:
+        active = [u for u in self.uploads.values() if u.finished is None]
+        return {
+            "concurrency": self.settings.upload_concurrency,
+            "preparing": sum(1 for u in active if u.phase == "compressing"),
+            "waiting": sum(1 for u in active if u.phase in ("received", "waiting")),
+            "recent": [u.status() for u in list(self.uploads.values())[-20:]],
+            "refused": dict(self.refused),
+        }
