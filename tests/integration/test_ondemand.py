@@ -339,3 +339,45 @@ async def test_a_request_cancelled_while_no_worker_runs_ends_cancelled_and_never
         server.stop()
         if not inference.alive:
             inference.start(ready_timeout_s=90)
+
+
+@pytest.mark.asyncio
+async def test_generate_and_cancel_over_the_websocket(
+    pipeline: tuple[Settings, FaustWorker],
+) -> None:
+    settings, _ = pipeline
+    server = Server(create_app(settings))
+    server.start()
+    image, _ = SyntheticScene(2).render(1.0)
+    small = cv2.resize(image, (160, 120))
+    inline = base64.b64encode(bytes(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])[1]))
+    try:
+        async with connect(server.ws_url) as ws:
+            await hello(ws)
+            generate = {
+                "type": "generate",
+                "id": "g1",
+                "payload": {"image": inline.decode(), "params": {"priority": "urgent"}},
+            }
+            await ws.send(orjson.dumps(generate).decode())
+            while (accepted := await receive(ws))["type"] != "accepted":
+                pass
+            assert accepted["correlation_id"] == "g1"
+            request_id = accepted["payload"]["id"]
+            events = await asyncio.wait_for(follow(ws, f"analysis:{request_id}"), 60)
+            assert events[-1]["type"] == "complete"
+            assert [e["seq"] for e in events] == list(range(len(events)))
+
+            bad = {"type": "generate", "id": "g2", "payload": {"image": "not base64!"}}
+            await ws.send(orjson.dumps(bad).decode())
+            while (error := await receive(ws)).get("correlation_id") != "g2":
+                pass
+            assert error["payload"]["code"] == "bad_field"
+            await ws.send(
+                orjson.dumps({"type": "cancel", "id": "c", "payload": {"id": "x"}}).decode()
+            )
+            while (error := await receive(ws)).get("correlation_id") != "c":
+                pass
+            assert error["payload"]["code"] == "unknown_request"
+    finally:
+        server.stop()
