@@ -73,6 +73,7 @@ function handle(message) {
         ...BASE_CHANNELS,
         ...[...state.cameras.keys()].map((id) => `camera:${id}`),
         ...[...state.models].map((source) => `metrics:${source}`),
+        ...analysisChannels(),  // analyze.js: the request being watched
       ]);
       break;
     case "backfill":
@@ -114,6 +115,8 @@ function onData(message) {
     onMetrics(channel.slice("metrics:".length), message);
   } else if (channel === "system") {
     showModels(payload.sources || []);
+  } else if (channel.startsWith("analysis:")) {
+    onAnalysis(message);  // analyze.js
   }
 }
 
@@ -387,6 +390,7 @@ function frame(now) {
   }
   if (state.alertsDirty) { drawAlerts(); state.alertsDirty = false; }
   if (state.temporalDirty) { drawTemporal(); state.temporalDirty = false; }
+  if (analysis.dirty) { drawAnalysis(); analysis.dirty = false; }  // analyze.js
   // Frame time is this frame's own work, what the 16.67 ms budget is for: the
   // interval between frames is the display's (about 16.7 ms at 60 Hz whatever the
   // page does), so judging it against the budget would flag every other frame.
@@ -422,5 +426,9 @@ for (const type of ["pointerdown", "keydown"]) {
   addEventListener(type, (event) => { state.ux.pendingInput = event.timeStamp; });
 }
 SYSTEM_FIELDS.forEach((field) => chartFor("system", field));
-connect();
-requestAnimationFrame(frame);
+// Once every script of the page has run (analyze.js too): the frame loop and the
+// messages use what they define.
+addEventListener("DOMContentLoaded", () => {
+  connect();
+  requestAnimationFrame(frame);
+});

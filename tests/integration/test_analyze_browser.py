@@ -1,0 +1,92 @@
+"""The page's Analyze panel in real headless Chromium, with a real inference worker.
+
+A person picks an image, chooses a priority and submits: the panel shows the upload
+and the phases, lists each finding as its token arrives, draws its box on the image,
+and shows the summary; a file that is not an image is refused with the server's
+reason. The server has a token, as a published one must.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+from playwright.sync_api import sync_playwright
+
+from kestrel.broker import LocalKafka
+from kestrel.camera.synthetic import SyntheticScene
+from kestrel.settings import Settings
+from kestrel.topics import ensure_topics
+from tests.conftest import settings_for
+from tests.integration.test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM, TOKEN
+from tests.kafka_helpers import FaustWorker
+from tests.web.test_protocol import Server
+from web.app import create_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def inference(kafka: LocalKafka, tmp_path: Path) -> Iterator[Settings]:
+    settings = settings_for(kafka, tmp_path, web_token=TOKEN)
+    ensure_topics(settings)
+    worker = FaustWorker(settings, tmp_path / "inference.log", app="faust_app:inference")
+    try:
+        worker.start(ready_timeout_s=90)
+        yield settings
+    finally:
+        worker.stop()
+
+
+def test_a_person_analyses_an_image_and_watches_the_findings_arrive(
+    inference: Settings, tmp_path: Path
+) -> None:
+    image, _ = SyntheticScene(4).render(2.0)
+    street = tmp_path / "street.png"
+    cv2.imwrite(str(street), image)
+    notes = tmp_path / "notes.jpg"
+    notes.write_bytes(b"this is not a picture")
+    server = Server(create_app(inference))
+    server.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=ARGS,
+                viewport={"width": 1400, "height": 1200},
+            )
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{server.port}/?token={TOKEN}")
+            page.wait_for_selector("#connection[data-state=open]", timeout=20_000)
+
+            page.set_input_files("#analyze-file", str(notes))
+            page.click("#analyze-form button[type=submit]")
+            page.wait_for_selector("#analyze-phase[data-phase='refused: not_an_image']")
+
+            page.set_input_files("#analyze-file", str(street))
+            page.select_option("#analyze-priority", "urgent")
+            page.click("#analyze-form button[type=submit]")
+            page.wait_for_selector("#analyze-phase[data-phase=complete]", timeout=60_000)
+            findings = page.locator("#analyze-findings li").all_inner_texts()
+            assert findings and all(text.startswith("person ") for text in findings)
+            # Each finding's box was drawn on the image as its token came.
+            page.wait_for_function(
+                f"() => document.getElementById('analyze-canvas').dataset.boxes === "
+                f"'{len(findings)}'",
+                timeout=10_000,
+            )
+            assert page.eval_on_selector("#analyze-progress", "p => p.value") == 100
+            assert "findings in" in page.inner_text("#analyze-summary")
+            assert page.is_disabled("#analyze-cancel")  # nothing left to cancel
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.locator("#analyze-section").screenshot(path=str(ARTIFACTS / "analyze.png"))
+            assert errors == []
+            browser.close()
+    finally:
+        server.stop()
