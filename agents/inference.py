@@ -63,6 +63,7 @@ from kestrel.deadletter import DeadLetter
 from kestrel.errors import InvalidMessage, KestrelError
 from kestrel.ondemand.desk import Item, RequestDesk
 from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, Lane, Queued
+from kestrel.ondemand.pressure import Limits, MemoryPressure
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.analysis import AnalysisCancel, AnalysisRequest, AnyEvent, CompleteEvent
 from kestrel.schemas.camera import Detection, FrameDetections
@@ -133,6 +134,7 @@ class InferenceStage:
         self._unknown = UnknownCameras(UNKNOWN_MEMORY_S)
         self.desk = RequestDesk(self.emit_event, lambda event: event.ack())
         self.process = psutil.Process()
+        self.pressure = MemoryPressure(Limits.for_budget(settings.worker_memory_mb))
         self._cancels: asyncio.Task[None] | None = None
         #: Set once the cancels of the last minute are read: requests wait for it, so a
         #: request cancelled while no worker ran ends cancelled, never runs.
@@ -399,7 +401,9 @@ class InferenceStage:
             return
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        self.desk.started(requests, len(batch) + len(requests), self.rss_mb())
+        rss_mb = self.rss_mb()
+        self._check_memory(rss_mb)
+        self.desk.started(requests, len(batch) + len(requests), rss_mb)
         decoded = await asyncio.gather(
             *(
                 loop.run_in_executor(self.decoders, _decode, w.item.event.message.value)
@@ -509,21 +513,41 @@ class InferenceStage:
                 done.append(found)
         return done
 
+    def _check_memory(self, rss_mb: float) -> None:
+        """Digest D's monitor (kestrel.ondemand.pressure): shed the low lane first."""
+        pressure = self.pressure
+        pressure.observe(rss_mb, psutil.virtual_memory().percent)
+        self.desk.refuse_low = pressure.shed_low
+        if pressure.shed_low:
+            pressure.counts["low_shed"] += self.desk.shed_low()
+
     def _adapt(self, size: int, latency_ms: float) -> None:
         before = self.batch.size
         self.batch.record(size, latency_ms)
-        if psutil.virtual_memory().percent > 90:
+        if self.pressure.shrink_batches:
             self.batch.memory_pressure()
+            self.pressure.counts["batch_halvings"] += 1
         if self.batch.size != before:
             log.info(
                 "batch size %d -> %d (last batch %.0f ms)", before, self.batch.size, latency_ms
             )
 
     def _report(self, batch: list[Waiting[Frame]], started: float, latency_ms: float) -> None:
-        if self.metrics is None or not batch:
+        if self.metrics is None:
+            return
+        pressure = self.pressure
+        memory: dict[str, float | None] = {  # the page shows these in its Analyze panel
+            "memory_level": float(pressure.level),
+            "worker_rss_mb": pressure.rss_mb,
+            "host_memory_percent": pressure.host_percent,
+            **{f"memory_{name}": float(count) for name, count in pressure.counts.items()},
+        }
+        if not batch:  # requests only
+            self.metrics.record(None, **memory)
             return
         gpu_util, vram_mb = self.gpu.sample() if self.gpu is not None else (None, None)
         self.metrics.record(
+            None,
             fps=len(batch) / max(latency_ms / 1000, 1e-6),
             latency_ms=latency_ms,
             batch_size=float(len(batch)),
@@ -531,6 +555,7 @@ class InferenceStage:
             gpu_utilization=gpu_util,
             vram_used_mb=vram_mb,
             dropped_frames=float(sum(self.queues.dropped.values())),
+            **memory,
         )
 
 

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Larger frames go to the dead letters."
     )
+    worker_memory_mb: float = Field(
+        3_000.0,
+        gt=0,
+        description="An inference worker's memory budget: it warns at 60 % of it, halves "
+        "its batches at 80 %, sheds the low lane at 100 % (or the host at 80/90/95 %).",
+    )
 
     # --- The dashboard (web/) ------------------------------------------------------------
     web_host: str = Field("127.0.0.1", description="Where the dashboard listens.")

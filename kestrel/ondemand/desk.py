@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CANCEL_MEMORY_S = 600.0
 CANCEL_MEMORY_MAX = 10_000  # ids remembered at most (a producer chooses them)
+SHED = "the worker is short of memory: low requests are shed first; retry later"
 
 Emit = Callable[[AnyEvent, Any], None]
 Ack = Callable[[Any], None]
@@ -60,6 +61,8 @@ class RequestDesk:
         self.active: dict[str, Item] = {}
         self.cancelled: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self.counts: dict[str, int] = {}
+        #: Set under extreme memory pressure: low requests are refused, not queued.
+        self.refuse_low = False
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -89,6 +92,9 @@ class RequestDesk:
         cancel = self.cancelled.get(request_id)
         if cancel is not None:
             self._end(item, run.cancelled(cancel[1]), "cancelled")
+            return
+        if lane is Lane.LOW and self.refuse_low:
+            self._end(item, run.error("memory_pressure", SHED), "memory_pressure")
             return
         due = request.due_ms()
         if due is not None and due <= now_ms:
@@ -137,6 +143,15 @@ class RequestDesk:
             self._end(item, self.late(item.run, now_ms), "deadline_exceeded")
             return True
         return False
+
+    def shed_low(self) -> int:
+        """End every queued low request (extreme memory pressure); how many."""
+        shed = self.lanes.drain(Lane.LOW)
+        for queued in shed:
+            self._end(
+                queued.item, queued.item.run.error("memory_pressure", SHED), "memory_pressure"
+            )
+        return len(shed)
 
     def expire(self) -> None:
         """End every queued request whose deadline has passed."""

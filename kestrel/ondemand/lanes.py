@@ -118,6 +118,11 @@ class LaneQueues(Generic[T]):
                 self.heaps[lane] = kept
         return removed
 
+    def drain(self, lane: Lane) -> list[Queued[T]]:
+        """Take out every item of ``lane`` (shed under memory pressure)."""
+        drained, self.heaps[lane] = sorted(self.heaps[lane]), []
+        return drained
+
     def overdue(self, now_ms: int) -> list[Queued[T]]:
         """Take out every item whose deadline has passed (its request has failed)."""
         late: list[Queued[T]] = []

@@ -84,6 +84,9 @@ def test_a_person_analyses_an_image_and_watches_the_findings_arrive(
             assert page.eval_on_selector("#analyze-progress", "p => p.value") == 100
             assert "findings in" in page.inner_text("#analyze-summary")
             assert page.is_disabled("#analyze-cancel")  # nothing left to cancel
+            # The worker's memory monitor, from its model metrics.
+            page.wait_for_selector("#analyze-memory[data-level=normal]", timeout=30_000)
+            assert "low requests shed 0" in page.inner_text("#analyze-memory")
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.locator("#analyze-section").screenshot(path=str(ARTIFACTS / "analyze.png"))
             assert errors == []

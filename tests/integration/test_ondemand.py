@@ -381,3 +381,26 @@ async def test_generate_and_cancel_over_the_websocket(
             assert error["payload"]["code"] == "unknown_request"
     finally:
         server.stop()
+
+
+def test_under_extreme_memory_pressure_low_requests_are_shed_and_urgent_ones_served(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """A worker whose memory budget it always exceeds: it is at `extreme` from its
+    first batch on, so it refuses low requests and still serves the urgent ones."""
+    settings = settings_for(kafka, tmp_path, worker_memory_mb=1.0)
+    ensure_topics(settings)
+    worker = FaustWorker(settings, tmp_path / "inference.log", app="faust_app:inference")
+    try:
+        worker.start(ready_timeout_s=90)
+        suffix = uuid.uuid4().hex[:8]
+        urgent, low = f"urgent-{suffix}", f"low-{suffix}"
+        submit(settings, "urgent", request(urgent, "urgent"), urgent)
+        events = events_of(settings, {urgent})  # its batch saw the pressure
+        assert events[urgent][-1]["type"] == "complete"
+        submit(settings, "low", request(low, "low"), low)
+        shed = events_of(settings, {low})[low][-1]
+        assert shed["type"] == "error" and shed["payload"]["code"] == "memory_pressure"
+        worker.wait_for_log("memory extreme", timeout_s=10)
+    finally:
+        worker.stop()

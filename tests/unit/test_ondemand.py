@@ -15,6 +15,7 @@ from kestrel.errors import InvalidMessage
 from kestrel.ondemand.compress import compress, decode_image, sniff
 from kestrel.ondemand.desk import RequestDesk
 from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, LANE_ORDER, Lane, LaneFull, LaneQueues
+from kestrel.ondemand.pressure import Level, Limits, MemoryPressure
 from kestrel.schemas.analysis import AnalysisEvent, AnalysisRequest, AnyEvent, is_final
 from kestrel.schemas.camera import CameraConfig, Detection, Zone
 
@@ -259,3 +260,31 @@ def test_any_bytes_either_decode_as_an_image_or_are_refused_clearly(data: bytes)
         assert exc.reason in {"empty_upload", "not_an_image", "image_too_large"}
     else:
         assert image.ndim == 3
+
+
+def test_memory_pressure_rises_through_its_levels_and_counts_each_step() -> None:
+    pressure = MemoryPressure(Limits.for_budget(1_000))
+    assert pressure.observe(100, 50) is Level.NORMAL
+    assert pressure.observe(650, 50) is Level.WARNING and pressure.counts["warnings"] == 1
+    assert pressure.observe(100, 91) is Level.PRESSURE and pressure.shrink_batches
+    assert not pressure.shed_low
+    assert pressure.observe(1_000, 10) is Level.EXTREME and pressure.shed_low
+    assert pressure.observe(100, 10) is Level.NORMAL and not pressure.shrink_batches
+    assert pressure.observe(100, 85) is Level.WARNING and pressure.counts["warnings"] == 2
+
+
+def test_extreme_pressure_sheds_the_low_lane_and_refuses_low_requests_only() -> None:
+    recorder = Recorder()
+    desk = desk_with(recorder)
+    for i in range(3):
+        desk.admit(request(request_id=f"low{i}", priority="low"), Lane.LOW, f"l{i}")
+    desk.admit(request(request_id="urgent"), Lane.URGENT, "u")
+    assert desk.shed_low() == 3
+    desk.refuse_low = True
+    desk.admit(request(request_id="late-low", priority="low"), Lane.LOW, "x")
+    desk.admit(request(request_id="urgent2"), Lane.URGENT, "u2")
+    codes = {e.request_id: e.payload.code for e, _ in recorder.events if e.type == "error"}
+    assert codes == {f"low{i}": "memory_pressure" for i in range(3)} | {
+        "late-low": "memory_pressure"
+    }
+    assert [q.request_id for q in desk.lanes.take(10)] == ["urgent", "urgent2"]

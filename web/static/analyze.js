@@ -111,6 +111,20 @@ function drawAnalysis() {
   canvas.dataset.boxes = String(findings.length);
 }
 
+const MEMORY_LEVELS = ["normal", "warning", "pressure", "extreme"];
+
+function showWorkerMemory(source, latest) {
+  // An inference worker's memory monitor (kestrel/ondemand/pressure.py): its level,
+  // and how often it warned, halved its batches and shed low requests.
+  const value = (field) => (latest[field] ? latest[field].value : null);
+  const level = MEMORY_LEVELS[value("memory_level")] || "unknown";
+  const el = document.getElementById("analyze-memory");
+  el.dataset.level = level;
+  el.textContent = `${source} memory: ${level}, RSS ${Math.round(value("worker_rss_mb"))} MB, ` +
+    `host ${Math.round(value("host_memory_percent"))} % in use; warnings ${value("memory_warnings")}, ` +
+    `batch halvings ${value("memory_batch_halvings")}, low requests shed ${value("memory_low_shed")}`;
+}
+
 function cancelAnalysis() {
   const current = analysis.current;
   if (!current || current.outcome) return;

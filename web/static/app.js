@@ -122,7 +122,10 @@ function onData(message) {
 
 function onMetrics(source, message) {
   const { payload } = message;
-  if (message.type === "backfill" || message.key === "latest") chartsOf(source, payload.latest);
+  if (message.type === "backfill" || message.key === "latest") {
+    chartsOf(source, payload.latest);
+    if (payload.latest.memory_level) showWorkerMemory(source, payload.latest);  // analyze.js
+  }
   if (message.type === "backfill") {
     for (const chart of state.charts.values()) {
       if (chart.source !== source) continue;
