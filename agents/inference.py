@@ -61,6 +61,7 @@ from kestrel.collectors.model import ModelMetrics
 from kestrel.collectors.system import GpuSampler
 from kestrel.deadletter import DeadLetter
 from kestrel.errors import InvalidMessage, KestrelError
+from kestrel.ondemand.compress import decode_image
 from kestrel.ondemand.desk import Item, RequestDesk
 from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, Lane, Queued
 from kestrel.ondemand.pressure import Limits, MemoryPressure
@@ -404,15 +405,20 @@ class InferenceStage:
         rss_mb = self.rss_mb()
         self._check_memory(rss_mb)
         self.desk.started(requests, len(batch) + len(requests), rss_mb)
-        decoded = await asyncio.gather(
-            *(
-                loop.run_in_executor(self.decoders, _decode, w.item.event.message.value)
-                for w in batch
+        decoded, request_images = await asyncio.gather(
+            asyncio.gather(
+                *(
+                    loop.run_in_executor(self.decoders, _decode, w.item.event.message.value)
+                    for w in batch
+                )
             ),
-            *(loop.run_in_executor(self.decoders, _decode, q.item.image) for q in requests),
+            asyncio.gather(
+                *(
+                    loop.run_in_executor(self.decoders, _decode_request, q.item.image)
+                    for q in requests
+                )
+            ),
         )
-        request_images = decoded[len(batch) :]
-        decoded = decoded[: len(batch)]
         decode_ms = (time.monotonic() - started) * 1000
         good = [(w, image) for w, image in zip(batch, decoded, strict=True) if image is not None]
         for w, image in zip(batch, decoded, strict=True):
@@ -421,12 +427,12 @@ class InferenceStage:
                     w.item.event,
                     InvalidMessage("corrupt_jpeg", "the value does not decode as a JPEG"),
                 )
-        asked = []
-        for q, image in zip(requests, request_images, strict=True):
-            if image is None:
-                self.desk.failed(q.item, "not_an_image", "the image does not decode")
+        asked: list[tuple[Item, Image]] = []
+        for q, pixels in zip(requests, request_images, strict=True):
+            if isinstance(pixels, InvalidMessage):
+                self.desk.failed(q.item, pixels.reason, pixels.detail)
             else:
-                asked.append((q.item, image))
+                asked.append((q.item, pixels))
         assert self.detector is not None and self.producer is not None
         infer_started = time.monotonic()
         found_all = await self._detect([image for _, image in good + asked])
@@ -564,6 +570,15 @@ def _crash_if_failed(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s stopped", task.get_name(), exc_info=task.exception())
         asyncio.get_running_loop().create_task(app.crash(task.exception()))  # type: ignore[arg-type]
+
+
+def _decode_request(data: bytes) -> Image | InvalidMessage:
+    """A request's image, or why not (its declared size is checked before decoding:
+    any producer can write to the request topics)."""
+    try:
+        return decode_image(data, settings.upload_max_pixels)
+    except InvalidMessage as exc:
+        return exc
 
 
 def _decode(jpeg: bytes | None) -> Image | None:

@@ -9,11 +9,14 @@ WebP no larger than the target and the result is kept as it came.
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 
 from kestrel.errors import InvalidMessage
 
@@ -59,10 +62,36 @@ class Compressed:
         }
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the file's header alone (Pillow reads no pixels); None if
+    it names no image format Pillow knows. A size past Pillow's own bomb limit (about
+    179 megapixels) is refused here (``image_too_large``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as header:
+                width, height = header.size
+                return int(width), int(height)
+    except PILImage.DecompressionBombError as exc:
+        raise InvalidMessage("image_too_large", f"its header declares: {exc}") from None
+    except (OSError, ValueError):
+        return None
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image:
-    """A BGR image from an uploaded file; :class:`InvalidMessage` if it is not one."""
+    """A BGR image from an uploaded file; :class:`InvalidMessage` if it is not one.
+
+    The size its header declares is checked before any pixel is decoded: a small file
+    can declare a huge image (a decompression bomb) that would take the process's memory.
+    """
     if not data:
         raise InvalidMessage("empty_upload", "the upload is empty")
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        width, height = size
+        raise InvalidMessage(
+            "image_too_large", f"{width}x{height} pixels > the limit of {max_pixels} pixels"
+        )
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise InvalidMessage("not_an_image", "the upload does not decode as an image")

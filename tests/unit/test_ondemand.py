@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import struct
+import zlib
 from typing import Any
 
 import cv2
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kestrel.errors import InvalidMessage
-from kestrel.ondemand.compress import compress, decode_image, sniff
+from kestrel.ondemand.compress import compress, declared_size, decode_image, sniff
 from kestrel.ondemand.desk import RequestDesk
 from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, LANE_ORDER, Lane, LaneFull, LaneQueues
 from kestrel.ondemand.pressure import Level, Limits, MemoryPressure
@@ -288,3 +290,29 @@ def test_extreme_pressure_sheds_the_low_lane_and_refuses_low_requests_only() -> 
         "late-low": "memory_pressure"
     }
     assert [q.request_id for q in desk.lanes.take(10)] == ["urgent", "urgent2"]
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header declares ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 16)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_any_pixel_is_decoded() -> None:
+    under_pillows_limit = png_declaring(10_000, 10_000)  # 300 MB of pixels in 68 bytes
+    assert len(under_pillows_limit) < 100
+    assert declared_size(under_pillows_limit) == (10_000, 10_000)
+    with pytest.raises(InvalidMessage, match="10000x10000 pixels") as refused:
+        decode_image(under_pillows_limit, max_pixels=40_000_000)
+    assert refused.value.reason == "image_too_large"
+    with pytest.raises(InvalidMessage, match="pixels") as refused:  # 30 GB of pixels
+        decode_image(png_declaring(100_000, 100_000), max_pixels=40_000_000)
+    assert refused.value.reason == "image_too_large"
