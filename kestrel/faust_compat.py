@@ -5,9 +5,12 @@ Keep every such workaround here, so that it is found, and removed, in one place.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from time import monotonic
 from typing import Any, cast
 
 import faust
@@ -18,6 +21,9 @@ from faust.types import TP, Message, TransportT
 
 from kestrel.errors import KestrelError
 from kestrel.logs import quiet_outages
+
+log = logging.getLogger(__name__)
+METADATA_WAIT_S = 30.0  # how long a subscription waits for its topics' metadata
 
 
 class AutodiscoveryError(KestrelError):
@@ -62,6 +68,37 @@ class CommittedReadsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     ``tests/unit/test_faust_compat.py`` fails if they stop taking effect, and the
     integration tests read transactional topics.
     """
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        """Subscribe once every topic is in the cluster's metadata, as the assignor sees it.
+
+        Faust creates a worker's input topics just before it subscribes, and Kafka
+        (KRaft) answers CreateTopics before the broker's metadata has them. Faust's
+        assignor then drops a topic it cannot see ("Ignoring missing topic", a warning)
+        and the group reads nothing of it until the consumer's metadata next refreshes
+        (5 minutes): in CI an analytics worker started on a fresh namespace never
+        read ``metrics.model`` nor ``metrics.ui``. Upstream:
+        https://github.com/faust-streaming/faust/issues/643 ("App ignores topic that
+        exists on Kafka", KRaft, open) and https://github.com/robinhood/faust/issues/384.
+        ``test_subscribe_waits_until_the_metadata_has_every_topic`` in
+        ``tests/unit/test_faust_compat.py`` fails if the wait stops working.
+        """
+        wanted = set(topics)
+        await self.call_thread(self._until_in_metadata, wanted)
+        await super().subscribe(wanted)
+
+    async def _until_in_metadata(self, topics: set[str]) -> None:
+        client = self._ensure_consumer()._client
+        deadline = monotonic() + METADATA_WAIT_S
+        while True:
+            cluster = await client.fetch_all_metadata()
+            missing = sorted(t for t in topics if not cluster.partitions_for_topic(t))
+            if not missing:
+                return
+            if monotonic() > deadline:
+                log.warning("subscribing although the metadata lacks %s", ", ".join(missing))
+                return
+            await asyncio.sleep(0.1)  # the broker applies the new topics' metadata soon
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
         consumer = super()._create_worker_consumer(transport)

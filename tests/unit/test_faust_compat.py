@@ -74,3 +74,50 @@ def test_commit_done_commits_through_faust_and_later_commits_never_go_behind() -
         consumer.delivered.on_message_in(tp, offset, None)
     consumer._acked_index[tp].update({2, 3})
     assert consumer._new_offset(tp) == 4
+
+
+@pytest.mark.asyncio
+async def test_subscribe_waits_until_the_metadata_has_every_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker answers a topic's creation before its metadata has it: the consumer
+    subscribes only once a metadata fetch (aiokafka's own client) lists every topic."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.cluster import ClusterMetadata
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from kestrel.faust_compat import CommittedReadsConsumerThread
+
+    assert callable(AIOKafkaClient.fetch_all_metadata)  # what the wait asks
+
+    class Cluster:
+        def __init__(self, topics: set[str]) -> None:
+            self.topics = topics
+
+        def partitions_for_topic(self, topic: str) -> set[int] | None:
+            return {0, 1} if topic in self.topics else None
+
+    assert callable(ClusterMetadata.partitions_for_topic)
+    fetches = [Cluster({"a"}), Cluster({"a"}), Cluster({"a", "b"})]
+    seen: list[str] = []
+
+    class Client:
+        async def fetch_all_metadata(self) -> Cluster:
+            seen.append("metadata")
+            return fetches.pop(0)
+
+    class Consumer:
+        _client = Client()
+
+    async def subscribed(self: Any, topics: Any) -> None:
+        seen.append(f"subscribe {sorted(topics)}")
+
+    async def call_thread(fun: Any, *args: Any, **kwargs: Any) -> Any:
+        return await fun(*args, **kwargs)
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "subscribe", subscribed)
+    thread = object.__new__(CommittedReadsConsumerThread)
+    thread._ensure_consumer = lambda: Consumer()  # type: ignore[method-assign]
+    thread.call_thread = call_thread  # type: ignore[method-assign]
+    await asyncio.wait_for(thread.subscribe(["a", "b"]), 5)
+    assert seen == ["metadata", "metadata", "metadata", "subscribe ['a', 'b']"]
