@@ -71,7 +71,6 @@ CLIENT_LOG = logging.getLogger("kestrel.librdkafka")  # librdkafka's own lines
 MARKER_PREFIX = b"~offset|"
 RESTORE_TIMEOUT_S = 120.0
 COMMIT_TIMEOUT_S = 30.0
-ASSIGNMENT_WAIT_S = 60.0  # how long an event of a new generation waits for its assignment
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 M = TypeVar("M")
@@ -263,8 +262,6 @@ class StateStore(Generic[M]):
         self._restoring: dict[int, asyncio.Future[Task[M] | None]] = {}
         self._assigned: set[int] = set()
         self._generation = 0
-        #: Set (and replaced) at each assignment; see task_for.
-        self._next_assignment = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._retrying_since: float | None = None
         self._background: set[asyncio.Future[Any]] = set()
@@ -315,8 +312,6 @@ class StateStore(Generic[M]):
             if old is not None:  # kept across the rebalance: restore anew, fencing whoever
                 self._spawn(self._close(old))  # had it meanwhile
             self._restoring[p] = asyncio.ensure_future(self._restore(p, generation))
-        self._next_assignment.set()
-        self._next_assignment = asyncio.Event()
 
     async def on_revoked(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Faust is taking these away: commit what their tasks hold, then drop them."""
@@ -412,9 +407,6 @@ class StateStore(Generic[M]):
         """
         message = event.message
         p = message.partition
-        generation = message.generation_id
-        if generation is not None and generation > self._generation:
-            await self._assignment(generation)
         task = self.tasks.get(p)
         if task is None:
             restoring = self._restoring.get(p)
@@ -423,29 +415,10 @@ class StateStore(Generic[M]):
             task = await asyncio.shield(restoring)
             if task is None:
                 return None
+        generation = message.generation_id
         if generation is not None and generation < task.generation:
             return None
         return task
-
-    async def _assignment(self, generation: int) -> None:
-        """Wait until the store has heard of the assignment of ``generation``.
-
-        Faust's fetcher may hand the agent a new generation's first events before its
-        ``on_partitions_assigned`` signal reaches :meth:`on_assigned` (with no Faust
-        tables, its recovery resumes the flow at once): such an event would look
-        "not ours" and be skipped, unprocessed, until the next restart.
-        """
-        try:
-            async with asyncio.timeout(ASSIGNMENT_WAIT_S):
-                while self._generation < generation:
-                    await self._next_assignment.wait()
-        except TimeoutError:
-            log.warning(
-                "%s: generation %d's assignment never came (the store is at %d)",
-                self.name,
-                generation,
-                self._generation,
-            )
 
     async def commit(self, task: Task[M]) -> None:
         """Persist the task's state and markers, commit its transaction, then ack.

@@ -118,7 +118,6 @@ def make_task(
     restored = Restored(0, {}, markers, {TOPIC: None}, 0, 0, 0.0)
     task = Task(store, 0, producer, [], restored, generation=1)  # type: ignore[arg-type]
     store.tasks[0] = task
-    store._generation = 1  # as on_assigned leaves it: the store has heard of generation 1
     return task
 
 
@@ -324,36 +323,3 @@ def test_a_restore_lists_the_inputs_whose_group_offset_is_behind_its_markers() -
         0.1,
     )
     assert lagging(restored) == {"b": 5, "c": 8}  # a is where it should be
-
-
-@pytest.mark.asyncio
-async def test_an_event_of_a_new_generation_waits_for_its_assignment_instead_of_being_skipped(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Faust's fetcher may deliver a new generation's first event before the assignment
-    signal reaches the store (it happened in CI: the analytics worker never processed
-    a message sent right after it was ready). The event must wait and be processed."""
-    store = make_store()
-    producer = FakeProducer()
-
-    async def restore(p: int, generation: int) -> Task[list[int]]:
-        restored = Restored(p, {}, {}, {TOPIC: None}, 0, 0, 0.0)
-        task = Task(store, p, producer, [], restored, generation)  # type: ignore[arg-type]
-        store.tasks[p] = task
-        return task
-
-    monkeypatch.setattr(store, "_restore", restore)
-    applied: list[int] = []
-    event = Ev(Msg(offset=0, generation_id=1))
-    processing = asyncio.create_task(
-        store.process(event, lambda task, ev: applied.append(ev.message.offset))
-    )
-    await asyncio.sleep(0)  # it runs up to its wait for the assignment
-    assert not processing.done()
-    store.on_assigned([(TOPIC, 0)], generation=1)
-    await asyncio.wait_for(processing, 5)
-    assert applied == [0] and store.stats["not_ours"] == 0
-    # An event of a generation already heard of, for a partition not ours, is not waited on.
-    other = Ev(Msg(offset=1, partition=1))
-    await asyncio.wait_for(store.process(other, lambda task, ev: None), 1)
-    assert store.stats["not_ours"] == 1
