@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -43,7 +44,7 @@ async def test_live_samples_reach_websocket_and_sse_subscribers(
                 lines = sse.aiter_lines()
                 first = await asyncio.wait_for(anext(lines), 10)
                 assert orjson.loads(first.removeprefix("data: "))["type"] == "backfill"
-                now = 1_795_000_000_000
+                now = (time.time_ns() // 1_000_000_000) * 1_000  # within the retention
                 produce(
                     settings,
                     topic,
