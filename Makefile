@@ -12,7 +12,7 @@ MODEL  := .kestrel/cache/models/ssdlite_person.onnx
 CONVERT_VENV := .venv-convert
 
 .PHONY: setup demo test lint typecheck unit integration broker topics schemas clean distclean \
-        bench-telemetry bench-camera bench-web bench-restore bench-analytics faults model chromium
+        bench-telemetry bench-camera bench-web bench-requests bench-restore bench-analytics faults model chromium
 
 setup: $(STAMP) $(MODEL) chromium
 	@$(BIN)/kestrel-broker fetch  # no-op once the jars are in the cache
@@ -83,6 +83,9 @@ bench-camera: setup
 
 bench-web: setup
 	$(BIN)/python -m bench.web $(BENCH_ARGS)
+
+bench-requests: setup
+	$(BIN)/python -m bench.requests $(BENCH_ARGS)
 
 bench-restore: setup
 	$(BIN)/python -m bench.restore $(BENCH_ARGS)

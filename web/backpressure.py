@@ -46,7 +46,8 @@ class State(StrEnum):
 
 
 #: Channels a client in the critical state still gets (by prefix).
-CORE_CHANNELS = ("alerts", "cameras", "camera:", "system")
+# analysis:<id>: a request's own events (its tokens and its end), few and each needed.
+CORE_CHANNELS = ("alerts", "cameras", "camera:", "system", "analysis:")
 
 
 def next_state(state: State, fill: float) -> State:
