@@ -89,6 +89,10 @@ class Load:
         self.resubscribed = 0  # requests whose end the client missed and read back
         self.missed_server_states: dict[str, int] = {}  # the server's view of those
         self.backpressure: dict[str, int] = {}
+        self.shed_seen: dict[str, int] = {}
+        self.errors: dict[str, int] = {}  # error messages the server sent, by code
+        self._sent_at = 0.0
+        self.reread_after_shed = 0  # requests read anew after the server said it shed
 
     async def run(self, image: bytes, schedule: list[tuple[float, str]], drain_s: float) -> None:
         async with httpx.AsyncClient(timeout=30) as http, connect(self.ws_url) as ws:
@@ -116,7 +120,7 @@ class Load:
                         "type": kind,
                         "payload": {"channels": [f"analysis:{tracked.request_id}"]},
                     }
-                    await ws.send(orjson.dumps(message).decode())
+                    await self._send(ws, message)
             await self._drain(ws, 15.0)
             reader.cancel()
 
@@ -144,23 +148,46 @@ class Load:
         tracked.request_id = answer.json()["id"]
         self.requests[tracked.request_id] = tracked
         channel = f"analysis:{tracked.request_id}"
-        await ws.send(
-            orjson.dumps({"type": "subscribe", "payload": {"channels": [channel]}}).decode()
-        )
+        await self._send(ws, {"type": "subscribe", "payload": {"channels": [channel]}})
         if lane == "low":
             self.lows += 1
             if self.cancel_every and self.lows % self.cancel_every == 0:
                 tracked.cancel_sent = time.time()
                 await http.delete(f"{self.base}/api/v1/stream/{tracked.request_id}")
 
+    async def _send(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        """One client message, within PROTOCOL.md's 50 a second (at most 40 here): past
+        the limit the server refuses a message and reads no more for the second."""
+        wait = self._sent_at + 1 / 40 - time.monotonic()
+        self._sent_at = time.monotonic() + max(wait, 0.0)
+        if wait > 0:
+            await asyncio.sleep(wait)  # the client's own pace
+        await ws.send(orjson.dumps(message).decode())
+
+    async def _read_shed_anew(self, ws: ClientConnection, shed: dict[str, int]) -> None:
+        """As the page does: a request some of whose events were shed is read anew."""
+        for channel, count in shed.items():
+            tracked = self.requests.get(channel.removeprefix("analysis:"))
+            if tracked is None or tracked.done.is_set() or count <= self.shed_seen.get(channel, 0):
+                continue
+            self.shed_seen[channel] = count
+            self.reread_after_shed += 1
+            for kind in ("unsubscribe", "subscribe"):
+                message = {"type": kind, "payload": {"channels": [channel]}}
+                await self._send(ws, message)
+
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
             received = time.time()
             message = orjson.loads(raw)
             kind, channel = message.get("type"), message.get("channel") or ""
+            if kind == "error":
+                code = message["payload"]["code"]
+                self.errors[code] = self.errors.get(code, 0) + 1
             if kind == "backpressure":
                 state = message["payload"]["state"]
                 self.backpressure[state] = self.backpressure.get(state, 0) + 1
+                await self._read_shed_anew(ws, message["payload"]["shed"])
             if not channel.startswith("analysis:"):
                 if kind == "ping":
                     await ws.send(orjson.dumps({"type": "pong", "payload": {}}).decode())
@@ -333,6 +360,8 @@ def main() -> int:
         "ws_events": len(load.ws_latency_ms),
         "ws_backpressure_states": load.backpressure,
         "resubscribed": load.resubscribed,
+        "reread_after_shed": load.reread_after_shed,
+        "ws_errors": load.errors,
         "missed_server_states": load.missed_server_states,
         "worker_rss_mb_start": rss_start,
         "worker_rss_mb_end": rss_end,
@@ -382,9 +411,11 @@ def print_table(out: dict[str, Any]) -> None:
     )
     print(f"cancel -> cancelled: p50 {fmt(cancel['p50'])} ms, p99 {fmt(cancel['p99'])} ms")
     print(
-        f"backpressure states the client was told of: {out['ws_backpressure_states'] or 'none'}; "
+        f"backpressure messages the client was sent: {out['ws_backpressure_states'] or 'none'} "
+        f"({out['reread_after_shed']} requests read anew after a shed); "
         f"requests whose end it missed and read back by subscribing anew: {out['resubscribed']}"
-        f" (the server's state of them then: {out['missed_server_states'] or '-'})"
+        f" (the server's state of them then: {out['missed_server_states'] or '-'}); "
+        f"errors the server sent: {out['ws_errors'] or 'none'}"
     )
     worker_first = {k: f["worker_first_token_ms"]["p50"] for k, f in out["lanes"].items()}
     gaps = {k: f["mean_token_gap_ms"] for k, f in out["lanes"].items()}

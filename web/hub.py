@@ -30,6 +30,7 @@ _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 SEND_BYTES_PER_TICK = 256 * 1024
 BACKFILL = "\x00backfill"  # the buffer key of a channel's backfill (no update key has NUL)
 STALLED = 4009
+SHED_REPORT_S = 1.0  # sheds without a change of state are told at most this often
 Send = Callable[[bytes], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
 
@@ -52,6 +53,8 @@ class Client:
     subscriptions: set[str] = field(default_factory=set)
     seq: dict[str, int] = field(default_factory=dict)
     reported: State = State.NORMAL
+    reported_shed: int = 0  # updates shed when the client was last told
+    reported_at: float = 0.0
     delivered: int = 0
     connected_at: float = field(default_factory=time.time)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -153,14 +156,25 @@ class Hub:
                 seq = client.next_seq(item.channel)
                 await client.send(_wrap("update", item.channel, seq, item.key, item.payload))
                 client.delivered += 1
-            if client.buffer.state is not client.reported:
+            shed = sum(client.buffer.shed.values())
+            now = time.monotonic()
+            # A change of state, or updates shed since the client was last told (a full
+            # buffer sheds and can settle back within one turn, state unchanged), at
+            # most once a second: the client resubscribes to what it must not miss.
+            if client.buffer.state is not client.reported or (
+                shed != client.reported_shed and now - client.reported_at >= SHED_REPORT_S
+            ):
                 client.reported = client.buffer.state
+                client.reported_shed, client.reported_at = shed, now
                 state = {
                     "state": client.reported.value,
                     "fill": round(client.buffer.fill, 3),
                     "shed": dict(client.buffer.shed),
                 }
                 await client.send(server_message("backpressure", state))
+            elif shed != client.reported_shed:  # told within the second: tell it then
+                due = client.reported_at + SHED_REPORT_S - now
+                retry_in = due if retry_in is None else min(retry_in, due)
 
     def stats(self) -> dict[str, object]:
         return {

@@ -45,3 +45,28 @@ async def test_a_key_held_back_by_its_pace_does_not_delay_another_key() -> None:
         assert sent == [("latest", 1), ("latest", 2), ("result", 1), ("latest", 3)]
     finally:
         await hub.disconnect(client)
+
+
+async def test_updates_shed_by_a_full_buffer_are_told_even_when_the_state_settles_back() -> None:
+    """A full buffer sheds and, once the sender takes what it holds, settles back to
+    normal within one turn: the client must still hear that updates were shed."""
+    told: list[dict[str, object]] = []
+    got = asyncio.Event()
+
+    async def send(raw: bytes) -> None:
+        message = orjson.loads(raw)
+        if message["type"] == "backpressure":
+            told.append(message["payload"])
+            got.set()
+
+    hub = Hub(total_buffer_bytes=200 * 4096)  # 4 KiB a client
+    client = hub.connect(send)
+    client.subscriptions.add("analysis:r1")
+    try:
+        for seq in range(10):  # 10 KB at once into 4 KiB: the last ones are shed
+            hub.publish("analysis:r1", str(seq), "x" * 1000)
+        await asyncio.wait_for(got.wait(), 5)
+        assert told[-1]["shed"] == {"analysis:r1": sum(client.buffer.shed.values())}
+        assert sum(client.buffer.shed.values()) > 0
+    finally:
+        await hub.disconnect(client)

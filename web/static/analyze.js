@@ -38,6 +38,19 @@ async function submitAnalysis(file) {
   subscribe([body.channel]);
 }
 
+function analysisShed(shed) {
+  // The server shed some of this request's events (its buffer for this page was
+  // full): subscribing anew brings every event again (duplicates are skipped by seq).
+  const current = analysis.current;
+  if (!current || current.outcome) return;
+  const count = shed[current.channel] || 0;
+  if (count <= (current.shed || 0)) return;
+  current.shed = count;
+  send({ type: "unsubscribe", payload: { channels: [current.channel] } });
+  state.subscribed.delete(current.channel);
+  subscribe([current.channel]);
+}
+
 function onAnalysis(message) {
   const current = analysis.current;
   if (!current || message.channel !== current.channel) return;

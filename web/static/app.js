@@ -84,6 +84,7 @@ function handle(message) {
       const el = document.getElementById("backpressure");
       el.textContent = message.payload.state;
       el.dataset.state = message.payload.state;
+      analysisShed(message.payload.shed || {});  // analyze.js: read a request's events anew
       break;
     }
     case "ping":
