@@ -176,7 +176,7 @@ class InferenceStage:
         log.info("inference: batch size starts at %d (max %d)", self.batch.size, settings.max_batch)
 
     # Admission, on the event loop ------------------------------------------------------
-    async def known(self, camera_id: str) -> bool:
+    async def known(self, camera_id: str, captured_ns: int) -> bool:
         """Is the camera registered? An unseen one gets a short grace for the registry.
 
         Its producer registers it and then sends frames at once, on another topic, so
@@ -184,7 +184,7 @@ class InferenceStage:
         after the grace is refused at once for the next ``UNKNOWN_MEMORY_S``, so
         frames of unregistered cameras cannot stall the stream.
         """
-        if self.registry.get(camera_id) is not None:
+        if self.registry.get(camera_id, captured_ns) is not None:
             return True
         if self._unknown.refuses(camera_id, time.monotonic()):
             return False
@@ -200,7 +200,8 @@ class InferenceStage:
         message = event.message
         try:
             camera_id = check_camera_id((message.key or b"").decode(errors="replace"))
-            if not await self.known(camera_id):
+            headers = parse_headers(cast(Any, message.headers))
+            if not await self.known(camera_id, headers.capture_ns):
                 raise InvalidMessage("unknown_camera", f"camera {camera_id!r} is not registered")
             value = message.value or b""
             if len(value) > settings.max_frame_bytes:
@@ -208,7 +209,6 @@ class InferenceStage:
                     "frame_too_large",
                     f"{len(value)} bytes > KESTREL_MAX_FRAME_BYTES={settings.max_frame_bytes}",
                 )
-            headers = parse_headers(cast(Any, message.headers))
         except InvalidMessage as exc:
             self.dead_letter(event, exc)
             return

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -21,6 +22,8 @@ from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import CameraConfig
 from kestrel.settings import Settings
 from kestrel.topics import CAMERAS, ensure_topics
+
+REMOVED_MAX = 1_000  # removed cameras remembered (for their frames still on the way)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ class CameraRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cameras: dict[str, CameraConfig] = {}
+        #: Removed cameras: their config and when (ns), for frames captured before.
+        self.removed: OrderedDict[str, tuple[CameraConfig, int]] = OrderedDict()
         self.loaded = threading.Event()
         self.error: BaseException | None = None
         self._changed = threading.Condition()
@@ -74,8 +79,16 @@ class CameraRegistry:
         if self._thread is not None:
             self._thread.join(10)
 
-    def get(self, camera_id: str) -> CameraConfig | None:
-        return self.cameras.get(camera_id)
+    def get(self, camera_id: str, captured_ns: int | None = None) -> CameraConfig | None:
+        """The camera's config; for a frame captured before the camera was removed,
+        the config it had (its producer removes it when it stops, while its last
+        frames may still be on their way)."""
+        config = self.cameras.get(camera_id)
+        if config is None and captured_ns is not None:
+            gone = self.removed.get(camera_id)
+            if gone is not None and captured_ns < gone[1]:
+                return gone[0]
+        return config
 
     def wait_for(self, camera_id: str, timeout_s: float) -> CameraConfig | None:
         """The camera's config, waiting up to ``timeout_s`` for it to be registered.
@@ -133,8 +146,13 @@ class CameraRegistry:
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         camera_id = (key or b"").decode(errors="replace")
         if value is None:
-            if self.cameras.pop(camera_id, None) is not None:
+            config = self.cameras.pop(camera_id, None)
+            if config is not None:
                 log.info("camera %s removed", camera_id)
+                self.removed[camera_id] = (config, time.time_ns())
+                self.removed.move_to_end(camera_id)
+                while len(self.removed) > REMOVED_MAX:
+                    self.removed.popitem(last=False)
             return
         try:
             config = CameraConfig.model_validate_json(value)

@@ -121,3 +121,23 @@ def test_frame_cache_is_bounded_in_bytes_and_knows_each_camera_s_latest() -> Non
     cache.put(CachedFrame("a-late", "a", 2, b"z"))  # an older capture arriving late
     latest = cache.latest_frame("a")
     assert latest is not None and latest.frame_id == "a-4"
+
+
+def test_a_removed_camera_still_admits_the_frames_it_captured_before_its_removal() -> None:
+    """Its producer removes a camera when it stops, while its last frames may still be
+    on their way (seen in CI: the last frame dead-lettered as unknown_camera)."""
+    import time
+
+    from kestrel.camera.registry import CameraRegistry
+    from kestrel.schemas.camera import CameraConfig
+    from kestrel.settings import load_settings
+
+    registry = CameraRegistry(load_settings(namespace="unit"))
+    config = CameraConfig(camera_id="door", source="synthetic:1", fps=5)
+    registry._apply(b"door", config.model_dump_json().encode())
+    before = time.time_ns()
+    registry._apply(b"door", None)  # the tombstone
+    assert registry.get("door") is None
+    assert registry.get("door", captured_ns=before) == config
+    assert registry.get("door", captured_ns=time.time_ns() + 1) is None  # after: refused
+    assert registry.get("nobody", captured_ns=before) is None
