@@ -20,7 +20,7 @@ from kestrel.camera.synthetic import SyntheticScene
 from kestrel.settings import Settings
 from kestrel.topics import ensure_topics
 from tests.conftest import settings_for
-from tests.integration.test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM, TOKEN
+from tests.integration.test_dashboard_browser import ARTIFACTS, TOKEN, open_page
 from tests.kafka_helpers import FaustWorker
 from tests.web.test_protocol import Server
 from web.app import create_app
@@ -52,16 +52,7 @@ def test_a_person_analyses_an_image_and_watches_the_findings_arrive(
     server.start()
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=ARGS,
-                viewport={"width": 1400, "height": 1200},
-            )
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            browser, page, errors = open_page(p, tmp_path, height=1200)
             page.goto(f"http://127.0.0.1:{server.port}/?token={TOKEN}")
             page.wait_for_selector("#connection[data-state=open]", timeout=20_000)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Message
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
 from kestrel.broker import LocalKafka
 from kestrel.schemas import parse_envelope
@@ -86,6 +86,21 @@ def pipeline(kafka: LocalKafka, tmp_path: Path) -> Iterator[Settings]:
             worker.stop()
 
 
+def open_page(p: Playwright, tmp_path: Path, height: int) -> tuple[BrowserContext, Page, list[str]]:
+    """Debian's headless Chromium on a fresh profile, one page, and its script errors."""
+    browser = p.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=ARGS,
+        viewport={"width": 1400, "height": height},
+    )
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return browser, page, errors
+
+
 def drawn(page: Page, selector: str) -> int:
     value = page.get_attribute(selector, "data-drawn")
     return int(value or 0)
@@ -99,16 +114,7 @@ def test_the_page_shows_live_cameras_and_charts_and_survives_a_restart(
     port = server.port
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=ARGS,
-                viewport={"width": 1400, "height": 900},
-            )
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            browser, page, errors = open_page(p, tmp_path, height=900)
             refused = page.goto(f"http://127.0.0.1:{port}/")
             assert refused is not None and refused.status == 401
             page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")  # once: then the cookie
