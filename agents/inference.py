@@ -26,7 +26,9 @@ stage, which writes exactly once, drops the duplicate.
 The same batches serve on-demand analysis requests (:mod:`kestrel.ondemand`), read
 from the four lane topics: a batch takes the urgent, high and normal requests' images
 first (earliest deadline first; a request never waits for the batching delay), then
-the cameras' frames, then low requests. A request's events go to ``analysis.events``
+the cameras' frames, then low requests. A clip is sampled into frames when its
+request is admitted (in a thread of its own, at most ``CLIPS_AT_ONCE`` waiting), and
+each frame is one item of the batches. A request's events go to ``analysis.events``
 and its record is acked when its last event is delivered; ``analysis.cancel`` is
 followed by every worker of the group (a group-less consumer).
 
@@ -61,6 +63,7 @@ from kestrel.collectors.model import ModelMetrics
 from kestrel.collectors.system import GpuSampler
 from kestrel.deadletter import DeadLetter
 from kestrel.errors import InvalidMessage, KestrelError
+from kestrel.ondemand.clip import sample
 from kestrel.ondemand.compress import decode_image
 from kestrel.ondemand.desk import Item, RequestDesk
 from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, Lane, Queued
@@ -95,6 +98,7 @@ LANE_OF_TOPIC = {
     spec.name(settings): Lane(spec.suffix.rsplit(".", 1)[1]) for spec in ANALYSIS_REQUESTS
 }
 CANCEL_LOOKBACK_MS = 60_000  # a restarted worker still honours the last minute's cancels
+CLIPS_AT_ONCE = 4  # clips read but not yet sampled; the request stream waits beyond it
 
 
 Image = np.ndarray[Any, np.dtype[np.uint8]]
@@ -140,6 +144,9 @@ class InferenceStage:
         #: Set once the cancels of the last minute are read: requests wait for it, so a
         #: request cancelled while no worker ran ends cancelled, never runs.
         self.cancels_read = asyncio.Event()
+        self.clip_reader = ThreadPoolExecutor(1, thread_name_prefix="clip")
+        self.clip_slots = asyncio.Semaphore(CLIPS_AT_ONCE)
+        self._clips: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Load once; at every start of the agent, check that the background tasks run."""
@@ -602,8 +609,12 @@ async def infer(stream: faust.StreamT[bytes]) -> None:
 
 
 # On-demand analysis --------------------------------------------------------------------
-def _admit_request(event: faust.EventT[bytes]) -> None:
-    """Parse a request and hand it to the desk; a malformed one is dead-lettered."""
+async def _admit_request(event: faust.EventT[bytes]) -> None:
+    """Parse a request and hand it to the desk; a malformed one is dead-lettered.
+
+    A clip is sampled first, off the loop; the stream goes on meanwhile, and waits
+    only while ``CLIPS_AT_ONCE`` clips are being sampled.
+    """
     message = event.message
     lane = LANE_OF_TOPIC[message.topic]
     try:
@@ -611,7 +622,34 @@ def _admit_request(event: faust.EventT[bytes]) -> None:
     except ValueError as exc:  # pydantic's ValidationError
         stage.dead_letter(event, InvalidMessage("bad_request", str(exc)))
         return
-    stage.desk.admit(request, lane, event)
+    if request.clip is None:
+        stage.desk.admit(request, lane, event)
+        stage.wakeup.set()
+        return
+    await stage.clip_slots.acquire()
+    task = asyncio.create_task(_admit_clip(request, lane, event), name="analysis-clip")
+    stage._clips.add(task)
+    task.add_done_callback(stage._clips.discard)
+    task.add_done_callback(_crash_if_failed)
+
+
+async def _admit_clip(request: AnalysisRequest, lane: Lane, event: faust.EventT[bytes]) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        frames = await loop.run_in_executor(
+            stage.clip_reader,
+            sample,
+            request.clip or b"",
+            settings.clip_fps,
+            settings.clip_max_s,
+            settings.upload_max_pixels,
+        )
+    except InvalidMessage as exc:
+        stage.desk.admit(request, lane, event, refused=exc)
+        return
+    finally:
+        stage.clip_slots.release()
+    stage.desk.admit(request, lane, event, frames=frames)
     stage.wakeup.set()
 
 
@@ -622,4 +660,4 @@ async def serve_requests(stream: faust.StreamT[bytes]) -> None:
     await stage.start()
     await stage.cancels_read.wait()
     async for event in manual_acks.events():
-        _admit_request(event)
+        await _admit_request(event)

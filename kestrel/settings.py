@@ -197,6 +197,17 @@ class Settings(BaseSettings):
         40, ge=1, le=95, description="The lowest quality the search goes to."
     )
     upload_format: Literal["jpeg", "webp"] = Field("jpeg", description="The format it encodes.")
+    clip_max_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=6 * 1024 * 1024,
+        description="Larger clips get 413 (a clip travels whole, base64, in its request "
+        "record: the request topics take 12 MB records).",
+    )
+    clip_max_s: float = Field(10.0, gt=0, le=120, description="Longer clips get 413.")
+    clip_fps: float = Field(
+        4.0, gt=0, le=30, description="Frames of a clip analysed per second of it."
+    )
 
     rules_path: Path | None = Field(
         None,

@@ -9,6 +9,12 @@ that last event is delivered). The batcher (:mod:`agents.inference`) takes items
 
 A cancel may come before its request (the two are on different topics): its id is
 remembered for ``CANCEL_MEMORY_S`` and the request, when it comes, ends at once.
+
+A clip is one item per sampled frame (:mod:`kestrel.ondemand.clip`), queued together;
+they reach the batches in order, each frame's detections are kept, and once the last
+is in, the tracker runs over them all (:mod:`kestrel.ondemand.tracks`) and each frame
+goes out as a token. A clip stopped midway (cancel, deadline, a frame that fails)
+ends once, and its frames still queued are taken out.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kestrel.errors import InvalidMessage
+from kestrel.ondemand.clip import ClipFrame
 from kestrel.ondemand.lanes import Lane, LaneFull, LaneQueues, Queued
 from kestrel.ondemand.run import RequestRun
+from kestrel.ondemand.tracks import follow
 from kestrel.schemas.analysis import AnalysisRequest, AnyEvent
 from kestrel.schemas.camera import CameraConfig, Detection
 
@@ -37,11 +46,13 @@ Ack = Callable[[Any], None]
 
 @dataclass
 class Item:
-    """One image of a request waiting for (or in) a batch."""
+    """One image of a request (or one frame of its clip) waiting for (or in) a batch."""
 
     run: RequestRun
     image: bytes
     ack: Any  # what the worker acks once the request's last event is delivered
+    frame: ClipFrame | None = None
+    position: int = 0  # among the clip's sampled frames
 
 
 class RequestDesk:
@@ -69,15 +80,40 @@ class RequestDesk:
 
     def _end(self, item: Item, event: AnyEvent, outcome: str) -> None:
         self.active.pop(item.run.request_id, None)
+        if item.run.clip_frames:  # the rest of its frames will not be needed
+            self.lanes.remove(item.run.request_id)
         self._count(outcome)
         self.emit(event, item.ack)
 
+    @staticmethod
+    def _first_of_each(taken: list[Queued[Item]]) -> list[Item]:
+        """One item per request still running (a clip's frames end it once)."""
+        seen: set[str] = set()
+        firsts = []
+        for queued in taken:
+            if queued.request_id not in seen and queued.item.run.ended is None:
+                seen.add(queued.request_id)
+                firsts.append(queued.item)
+        return firsts
+
     # Admission ------------------------------------------------------------------------
-    def admit(self, request: AnalysisRequest, lane: Lane, ack: Any) -> None:
-        """Queue a request's image, or end it at once (cancelled, late, lane full)."""
+    def admit(
+        self,
+        request: AnalysisRequest,
+        lane: Lane,
+        ack: Any,
+        frames: list[ClipFrame] | None = None,
+        refused: InvalidMessage | None = None,
+    ) -> None:
+        """Queue a request's image (or its clip's ``frames``), or end it at once
+        (cancelled, late, lane full, or ``refused``: its clip did not decode)."""
         now_ms = self.clock_ms()
         run = RequestRun(request)
-        item = Item(run, request.image, ack)
+        items = [Item(run, request.image or b"", ack)]
+        if frames:
+            run.clip_frames = len(frames)
+            items = [Item(run, f.jpeg, ack, f, i) for i, f in enumerate(frames)]
+        item = items[0]
         request_id = request.request_id
         if request_id in self.active:  # the same request again while it runs: it runs once
             log.warning("request %s is already running; its copy is skipped", request_id)
@@ -93,6 +129,10 @@ class RequestDesk:
         if cancel is not None:
             self._end(item, run.cancelled(cancel[1]), "cancelled")
             return
+        if refused is not None or (request.clip is not None and not frames):
+            code, why = (refused.reason, refused.detail) if refused else ("not_a_clip", "")
+            self._end(item, run.error(code, why), "refused")
+            return
         if lane is Lane.LOW and self.refuse_low:
             self._end(item, run.error("memory_pressure", SHED), "memory_pressure")
             return
@@ -101,7 +141,7 @@ class RequestDesk:
             self._end(item, self.late(run, now_ms), "deadline_exceeded")
             return
         try:
-            self.lanes.put_all(lane, request_id, due, [item])
+            self.lanes.put_all(lane, request_id, due, items)
         except LaneFull as exc:
             self._end(item, run.error("lane_full", str(exc)), "lane_full")
             return
@@ -128,11 +168,14 @@ class RequestDesk:
             or next(iter(self.cancelled.values()))[0] < horizon
         ):
             self.cancelled.popitem(last=False)
-        for queued in self.lanes.remove(request_id):
-            self._end(queued.item, queued.item.run.cancelled(reason), "cancelled")
+        for first in self._first_of_each(self.lanes.remove(request_id)):
+            self._end(first, first.run.cancelled(reason), "cancelled")
 
     def stopped(self, item: Item) -> bool:
-        """End the request if it was cancelled or its deadline passed; True if it ended."""
+        """End the request if it was cancelled or its deadline passed; True if it has
+        ended (now, or before: another frame of its clip ended it)."""
+        if item.run.ended is not None:
+            return True
         now_ms = self.clock_ms()
         cancel = self.cancelled.get(item.run.request_id)
         if cancel is not None:
@@ -146,26 +189,28 @@ class RequestDesk:
 
     def shed_low(self) -> int:
         """End every queued low request (extreme memory pressure); how many."""
-        shed = self.lanes.drain(Lane.LOW)
-        for queued in shed:
-            self._end(
-                queued.item, queued.item.run.error("memory_pressure", SHED), "memory_pressure"
-            )
+        shed = self._first_of_each(self.lanes.drain(Lane.LOW))
+        for first in shed:
+            self._end(first, first.run.error("memory_pressure", SHED), "memory_pressure")
         return len(shed)
 
     def expire(self) -> None:
         """End every queued request whose deadline has passed."""
         now_ms = self.clock_ms()
-        for queued in self.lanes.overdue(now_ms):
-            self._end(queued.item, self.late(queued.item.run, now_ms), "deadline_exceeded")
+        for first in self._first_of_each(self.lanes.overdue(now_ms)):
+            self._end(first, self.late(first.run, now_ms), "deadline_exceeded")
 
     # Work -----------------------------------------------------------------------------
     def started(self, taken: list[Queued[Item]], batch_size: int, rss_mb: float) -> None:
         for queued in taken:
-            self.emit(queued.item.run.start(batch_size, rss_mb), None)
+            event = queued.item.run.start(batch_size, rss_mb)
+            if event is not None:
+                self.emit(event, None)
 
     def failed(self, item: Item, code: str, message: str) -> None:
-        self._end(item, item.run.error(code, message), code)
+        """The request ends with an error (a clip too: its frames are one analysis)."""
+        if item.run.ended is None:
+            self._end(item, item.run.error(code, message), code)
 
     def finish(
         self,
@@ -179,6 +224,11 @@ class RequestDesk:
         """Context, generation and validation of one image, checking for a cancel or
         the deadline between findings."""
         run, emit = item.run, self.emit
+        if run.ended is not None:  # a clip stopped by an earlier frame
+            return
+        if item.frame is not None:
+            self._finish_frame(item, detections, size, camera, score_threshold, model)
+            return
         emit(run.update("image_analysis", 1.0, f"{len(detections)} detections"), None)
         if self.stopped(item):
             return
@@ -190,6 +240,38 @@ class RequestDesk:
             if self.stopped(item):
                 return
             emit(run.token(finding), None)
+        self._validate(item, size, model)
+
+    def _finish_frame(
+        self,
+        item: Item,
+        detections: list[Detection],
+        size: tuple[int, int],
+        camera: CameraConfig | None,
+        score_threshold: float,
+        model: str,
+    ) -> None:
+        """One frame of a clip; after its last, the tracker over all and one token each."""
+        run, emit, frame = item.run, self.emit, item.frame
+        assert frame is not None
+        run.detected[item.position] = (frame.index, frame.t_ms, detections)
+        done, total = len(run.detected), run.clip_frames
+        emit(run.update("image_analysis", done / total, f"frame {done} of {total}"), None)
+        if done < total or self.stopped(item):
+            return
+        emit(run.update("context", 0.0, f"tracking over {total} frames"), None)
+        frames = [run.detected[i] for i in range(total)]
+        results, run.tracks = follow(frames, camera, score_threshold, run.request.max_items)
+        emit(run.update("context", 1.0, f"{len(run.tracks)} tracks"), None)
+        emit(run.update("generation", 0.0), None)
+        for result in results:
+            if self.stopped(item):
+                return
+            emit(run.token(result), None)
+        self._validate(item, size, model)
+
+    def _validate(self, item: Item, size: tuple[int, int], model: str) -> None:
+        run, emit = item.run, self.emit
         if self.stopped(item):
             return
         emit(run.update("validation", 0.0), None)

@@ -1,8 +1,10 @@
 """One request's run through its phases: numbered events, progress and its telemetry.
 
-Digest C's phases with their progress ranges: image analysis 0-30 % (decode, detect),
-context 30-50 % (the camera's zones), generation 50-80 % (one token per finding, as
-soon as it exists), validation 80-100 % (the result checked against its schema). A
+Digest C's phases with their progress ranges: image analysis 0-30 % (decode, detect;
+for a clip, each sampled frame in turn), context 30-50 % (the camera's zones; for a
+clip, the tracker over its frames), generation 50-80 % (one token per finding, or per
+frame of a clip, as soon as it exists), validation 80-100 % (the result checked
+against its schema). A
 :class:`RequestRun` makes each event (numbered from the request's ``events_before``)
 and the ``complete`` summary (digest D's per-session telemetry); it holds no I/O, so
 the worker decides where events go and the tests read them directly.
@@ -29,11 +31,13 @@ from kestrel.schemas.analysis import (
     Error,
     ErrorEvent,
     Finding,
+    FrameResult,
     StreamUpdate,
     StreamUpdateEvent,
     Summary,
     Token,
     TokenEvent,
+    TrackSummary,
 )
 from kestrel.schemas.camera import CameraConfig, Detection
 
@@ -65,6 +69,11 @@ class RequestRun:
     max_rss_mb: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     ended: str | None = None  # complete, error or cancelled once final
+    # A clip's: its sampled frames, what each held (None: it failed), the tracker's view.
+    clip_frames: int = 0
+    detected: dict[int, tuple[int, int, list[Detection] | None]] = field(default_factory=dict)
+    frame_results: list[FrameResult] = field(default_factory=list)
+    tracks: list[TrackSummary] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.seq = self.request.events_before - 1
@@ -85,11 +94,15 @@ class RequestRun:
         payload = StreamUpdate(phase=phase, progress=round(progress, 2), detail=detail)  # type: ignore[arg-type]
         return StreamUpdateEvent(**self._next(), payload=payload)  # type: ignore[arg-type]
 
-    def start(self, batch_size: int, rss_mb: float) -> AnyEvent:
-        self.started = self.last_token = self.clock()
+    def start(self, batch_size: int, rss_mb: float) -> AnyEvent | None:
+        """Work begins (its first batch); None for a clip's later batches."""
         self.batch_sizes.append(batch_size)
         self.max_rss_mb = max(self.max_rss_mb, rss_mb)
-        return self.update("image_analysis", 0.0, f"decoding, in a batch of {batch_size}")
+        if self.started is not None:
+            return None
+        self.started = self.last_token = self.clock()
+        what = f"{self.clip_frames} frames of a clip" if self.clip_frames else "decoding"
+        return self.update("image_analysis", 0.0, f"{what}, in a batch of {batch_size}")
 
     def find(
         self,
@@ -114,8 +127,8 @@ class RequestRun:
             for i, d in enumerate(kept)
         ]
 
-    def token(self, finding: Finding) -> AnyEvent:
-        """The generation phase: one finding out, as soon as it exists."""
+    def token(self, data: Finding | FrameResult) -> AnyEvent:
+        """The generation phase: one finding (a clip: one frame) out, as soon as it exists."""
         now = self.clock()
         assert self.started is not None and self.last_token is not None
         gap = (now - self.last_token) * 1000
@@ -123,31 +136,39 @@ class RequestRun:
             self.first_token_ms = (now - self.started) * 1000
         self.token_gaps_ms.append(gap)
         self.last_token = now
-        self.findings.append(finding)
-        x1, y1, x2, y2 = (round(v) for v in finding.box)
-        text = f"{finding.label} {finding.score:.2f} at [{x1}, {y1}, {x2}, {y2}]"
-        if finding.zones:
-            text += f" in {', '.join(finding.zones)}"
+        if isinstance(data, Finding):
+            self.findings.append(data)
+            text = _describe(data)
+        else:
+            self.frame_results.append(data)
+            seen = "; ".join(_describe(f) for f in data.findings) or "nothing"
+            text = f"frame {data.frame} at {data.t_ms / 1000:.2f} s: {seen}"
         payload = Token(
-            id=f"{self.request_id}:{finding.position}",
+            id=f"{self.request_id}:{data.position}",
             text=text,
-            position=finding.position,
+            position=data.position,
             latency_ms=round(gap, 3),
-            data=finding,
+            data=data,
         )
         return TokenEvent(**self._next(), payload=payload)  # type: ignore[arg-type]
 
     def result(self, width: int, height: int, model: str) -> AnalysisResult:
         """The validation phase: the findings as a result, checked by its schema."""
         zones: dict[str, Counter[str]] = {}
-        for finding in self.findings:
-            for zone in finding.zones:
-                zones.setdefault(zone, Counter())[finding.label] += 1
+        counted: list[Finding] | list[TrackSummary] = (
+            self.tracks if self.clip_frames else self.findings
+        )
+        for one in counted:
+            for zone in one.zones:
+                zones.setdefault(zone, Counter())[one.label] += 1
         built = AnalysisResult(
+            media="clip" if self.clip_frames else "image",
             width=width,
             height=height,
             findings=self.findings,
-            counts=dict(Counter(f.label for f in self.findings)),
+            frames=self.frame_results,
+            tracks=self.tracks,
+            counts=dict(Counter(one.label for one in counted)),
             zones={name: dict(counts) for name, counts in zones.items()},
             model=model,
         )
@@ -192,3 +213,13 @@ class RequestRun:
         self.ended = "cancelled"
         payload = Cancelled(phase=self.phase, reason=reason)
         return CancelledEvent(**self._next(), payload=payload)  # type: ignore[arg-type]
+
+
+def _describe(finding: Finding) -> str:
+    x1, y1, x2, y2 = (round(v) for v in finding.box)
+    text = f"{finding.label} {finding.score:.2f} at [{x1}, {y1}, {x2}, {y2}]"
+    if finding.track_id is not None:
+        text = f"#{finding.track_id} {text}"
+    if finding.zones:
+        text += f" in {', '.join(finding.zones)}"
+    return text

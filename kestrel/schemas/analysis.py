@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Base64Bytes, BaseModel, Field, RootModel
+from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from kestrel.ondemand.lanes import Lane
 from kestrel.schemas.camera import BoxList, Finite
@@ -27,7 +27,16 @@ MAX_ITEMS = 1_000
 
 
 class AnalysisRequest(BaseModel):
-    """An image to analyse, with its priority and deadline."""
+    """An image or a short clip to analyse, with its priority and deadline."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["image"], "properties": {"image": {"type": "string"}}},
+                {"required": ["clip"], "properties": {"clip": {"type": "string"}}},
+            ]
+        }
+    )
 
     request_id: RequestId
     priority: Lane
@@ -38,7 +47,14 @@ class AnalysisRequest(BaseModel):
         description="Epoch ms by which it must complete; null: the lane's default after "
         "submitted_ms (urgent 2 s, high 5 s, normal 10 s; low has none).",
     )
-    image: Base64Bytes = Field(description="A JPEG, PNG or WebP file, base64.")
+    image: Base64Bytes | None = Field(
+        default=None, description="A JPEG, PNG or WebP file, base64; or give ``clip``."
+    )
+    clip: Base64Bytes | None = Field(
+        default=None,
+        description="A short video (MP4/MOV, WebM/Matroska, AVI), base64; its frames are "
+        "sampled (KESTREL_CLIP_FPS) and tracked. Or give ``image``.",
+    )
     camera_id: str | None = Field(
         None, max_length=200, description="A registered camera whose zones apply."
     )
@@ -47,6 +63,12 @@ class AnalysisRequest(BaseModel):
     events_before: int = Field(
         0, ge=0, description="Events already published for it (the web's upload_update)."
     )
+
+    @model_validator(mode="after")
+    def _one_medium(self) -> AnalysisRequest:
+        if (self.image is None) == (self.clip is None):
+            raise ValueError("give exactly one of image and clip")
+        return self
 
     def due_ms(self) -> int | None:
         """The absolute deadline: given, or the lane's default."""
@@ -70,16 +92,45 @@ class Finding(BaseModel):
     score: Finite = Field(ge=0, le=1)
     box: BoxList
     zones: list[str] = []
+    track_id: int | None = Field(default=None, description="A clip's: the object's track.")
+
+
+class FrameResult(BaseModel):
+    """A clip's frame: what was found in it (a clip's token carries one)."""
+
+    position: int = Field(ge=0, description="Among the clip's sampled frames.")
+    frame: int = Field(ge=0, description="The frame's number in the clip.")
+    t_ms: int = Field(ge=0, description="Its time in the clip.")
+    findings: list[Finding] = Field(max_length=MAX_ITEMS)
+
+
+class TrackSummary(BaseModel):
+    """One object followed through a clip by the tracker."""
+
+    track_id: int
+    label: str
+    first_ms: int
+    last_ms: int
+    frames: int = Field(description="Sampled frames it was seen in.")
+    best_score: Finite
+    zones: list[str] = Field(description="Zones it was in at any time.")
 
 
 class AnalysisResult(BaseModel):
     """The validated result: what ``complete`` carries beside its summary."""
 
+    media: Literal["image", "clip"] = "image"
     width: int
     height: int
-    findings: list[Finding] = Field(max_length=MAX_ITEMS)
-    counts: dict[str, int] = Field(description="Findings per label.")
-    zones: dict[str, dict[str, int]] = Field(description="Zone -> label -> findings in it.")
+    findings: list[Finding] = Field(max_length=MAX_ITEMS, description="An image's.")
+    frames: list[FrameResult] = Field([], description="A clip's, in order.")
+    tracks: list[TrackSummary] = Field([], description="A clip's objects, by track.")
+    counts: dict[str, int] = Field(
+        description="Per label: findings (an image), distinct tracks (a clip)."
+    )
+    zones: dict[str, dict[str, int]] = Field(
+        description="Zone -> label -> findings (tracks, for a clip) in it."
+    )
     model: str
 
 
@@ -100,14 +151,22 @@ class Summary(BaseModel):
 
 
 class UploadUpdate(BaseModel):
-    phase: Literal["received", "waiting", "compressing", "compressed", "submitted"]
+    """An upload's preparation: an image is compressed, a clip's header is checked."""
+
+    phase: Literal["received", "waiting", "compressing", "compressed", "checked", "submitted"]
     upload_id: str
+    media: Literal["image", "clip"] = "image"
     original_bytes: int | None = None
     compressed_bytes: int | None = None
     ratio: float | None = None
     format: str | None = None
     quality: int | None = None
     target_met: bool | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = Field(default=None, description="A clip's, from its header.")
+    frames: int | None = Field(default=None, description="A clip's, from its header.")
+    fps: float | None = None
 
 
 class StreamUpdate(BaseModel):
@@ -121,7 +180,7 @@ class Token(BaseModel):
     text: str
     position: int
     latency_ms: float = Field(description="From the previous token (the first: the start).")
-    data: Finding
+    data: Finding | FrameResult = Field(description="An image's finding, or a clip's frame.")
 
 
 class Error(BaseModel):

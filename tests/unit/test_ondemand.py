@@ -18,7 +18,13 @@ from kestrel.ondemand.compress import compress, declared_size, decode_image, sni
 from kestrel.ondemand.desk import RequestDesk
 from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, LANE_ORDER, Lane, LaneFull, LaneQueues
 from kestrel.ondemand.pressure import Level, Limits, MemoryPressure
-from kestrel.schemas.analysis import AnalysisEvent, AnalysisRequest, AnyEvent, is_final
+from kestrel.schemas.analysis import (
+    AnalysisEvent,
+    AnalysisRequest,
+    AnyEvent,
+    Finding,
+    is_final,
+)
 from kestrel.schemas.camera import CameraConfig, Detection, Zone
 
 lanes = st.sampled_from(LANE_ORDER)
@@ -151,8 +157,9 @@ def test_an_image_runs_through_its_phases_with_numbered_events_and_one_final_ack
     ]
     progress = [e.payload.progress for e in events if e.type == "stream_update"]
     assert progress == sorted(progress) and progress[-1] == 80.0
-    tokens = [e.payload for e in events if e.type == "token"]
-    assert [(t.position, t.data.zones, t.data.score) for t in tokens] == [
+    tokens = [e.payload.data for e in events if e.type == "token"]
+    assert all(isinstance(t, Finding) for t in tokens)
+    assert [(t.position, t.zones, t.score) for t in tokens if isinstance(t, Finding)] == [
         (0, ["left"], 0.9),
         (1, [], 0.7),
     ]
