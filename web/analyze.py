@@ -1,10 +1,10 @@
 """On-demand analysis in the web server: uploads in, each request's events out.
 
-The server only prepares and streams (digest C): an upload is checked, compressed in
-the upload queue (at most ``KESTREL_UPLOAD_CONCURRENCY`` at once, in a thread pool:
-decoding and encoding block) and put on its lane's topic; the inference group does the
-work. :class:`RequestBook` follows ``analysis.events`` (through the hot cache's feed)
-and publishes each event on the hub's ``analysis:<id>`` channel, whose backfill is
+The server only prepares and streams (digest C): an upload is checked and prepared in
+the upload queue (:mod:`web.uploads`), its ``upload_update`` events and then its
+request go out (the request on its lane's topic); the inference group does the work.
+:class:`RequestBook` follows ``analysis.events`` (through the hot cache's feed) and
+publishes each event on the hub's ``analysis:<id>`` channel, whose backfill is
 every event so far, so a client that reconnects, or a server that restarts, gets the
 rest from where it was. Finished requests are kept ``RETENTION_S`` (30 s), and at
 most ``HISTORY`` (1000) requests are remembered.
@@ -16,14 +16,10 @@ import asyncio
 import base64
 import logging
 import time
-import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from kestrel.errors import InvalidMessage
-from kestrel.ondemand.compress import Compressed, compress, decode_image
 from kestrel.ondemand.lanes import DEFAULT_CAPACITY, LANE_ORDER, Lane
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.analysis import (
@@ -38,26 +34,13 @@ from kestrel.schemas.analysis import (
 from kestrel.settings import Settings
 from kestrel.topics import ANALYSIS_CANCEL, ANALYSIS_EVENTS, ANALYSIS_REQUESTS
 from web.hub import Hub
+from web.uploads import Prepared, UploadQueue, UploadRefused
 
 log = logging.getLogger(__name__)
 
 RETENTION_S = 30.0
 HISTORY = 1_000
 MAX_EVENTS = MAX_ITEMS + 50  # a request's tokens and its phases
-UPLOAD_PHASES = 5  # received, waiting, compressing, compressed, submitted
-
-
-class UploadRefused(Exception):
-    """An upload that is refused before anything of it is published (an HTTP 4xx)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message}
 
 
 @dataclass
@@ -152,19 +135,6 @@ class RequestBook:
         }
 
 
-@dataclass
-class Upload:
-    upload_id: str
-    lane: Lane
-    phase: str = "received"
-    report: dict[str, Any] = field(default_factory=dict)
-    created: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-
-    def status(self) -> dict[str, Any]:
-        return {"id": self.upload_id, "lane": self.lane, "phase": self.phase, **self.report}
-
-
 @dataclass(frozen=True)
 class Submission:
     """A validated request's parameters (from a form or a WebSocket message)."""
@@ -211,82 +181,57 @@ def parse_submission(fields: dict[str, str]) -> Submission:
 
 
 class Analyze:
-    """Submits, cancels and the upload queue; one per web server."""
+    """Submits and cancels; one per web server."""
 
     def __init__(self, settings: Settings, hub: Hub, producer: KestrelProducer | None) -> None:
         self.settings = settings
         self.book = RequestBook(hub)
         self.producer = producer
-        self.slots = asyncio.Semaphore(settings.upload_concurrency)
-        self.pool = ThreadPoolExecutor(settings.upload_concurrency, thread_name_prefix="upload")
-        self.uploads: OrderedDict[str, Upload] = OrderedDict()
-        self.refused: dict[str, int] = {}
-
-    def _refuse(self, status: int, code: str, message: str) -> UploadRefused:
-        self.refused[code] = self.refused.get(code, 0) + 1
-        return UploadRefused(status, code, message)
+        self.queue = UploadQueue(settings)
 
     async def submit(self, data: bytes, submission: Submission) -> dict[str, Any]:
-        """Check, compress and publish one image; its id, status URL and channel.
+        """Check, prepare and publish one image or clip (see :meth:`publish`)."""
+        self._check(submission)
+        return await self.publish(await self.queue.prepare(data), submission)
 
-        Everything that can refuse it does so before anything is published, so a
-        refused upload leaves nothing behind.
-        """
+    async def submit_staged(self, upload_id: str, submission: Submission) -> dict[str, Any]:
+        """Publish a staged upload (``POST /api/v1/uploads``) by its id."""
+        self._check(submission)
+        return await self.publish(self.queue.take(upload_id), submission)
+
+    def _check(self, submission: Submission) -> None:
         if self.producer is None:
-            raise self._refuse(503, "no_kafka", "this server does not publish to Kafka")
-        limit = self.settings.upload_max_bytes
-        if not data:
-            raise self._refuse(400, "empty_upload", "the upload is empty")
-        if len(data) > limit:
-            raise self._refuse(413, "upload_too_large", f"{len(data)} bytes > {limit}")
+            raise self.queue.refuse(503, "no_kafka", "this server does not publish to Kafka")
         lane = submission.lane
         capacity = DEFAULT_CAPACITY[lane]
         if self.book.in_flight(lane) >= capacity:
             message = f"the {lane} lane has {capacity} requests in flight; retry later"
-            raise self._refuse(429, "lane_full", message)
-        loop = asyncio.get_running_loop()
-        try:
-            image = await loop.run_in_executor(
-                self.pool, decode_image, data, self.settings.upload_max_pixels
-            )
-        except InvalidMessage as exc:
-            status = 413 if exc.reason == "image_too_large" else 415
-            raise self._refuse(status, exc.reason, exc.detail) from None
+            raise self.queue.refuse(429, "lane_full", message)
 
-        request_id = uuid.uuid4().hex
-        upload = self._upload(request_id, lane)
+    async def publish(self, prepared: Prepared, submission: Submission) -> dict[str, Any]:
+        """The upload's events, then its request on its lane's topic; its id (the
+        upload's), status URL and channel. Nothing is published before this."""
+        lane = submission.lane
+        request_id = prepared.upload_id
+        upload = prepared.upload
+        upload.lane = lane.value
         self.book.track(request_id, lane)
         submitted_ms = time.time_ns() // 1_000_000
-        seq = 0
-
-        def update(phase: str, compressed: Compressed | None = None) -> None:
-            nonlocal seq
-            upload.phase = phase
-            report = compressed.report() if compressed is not None else {}
-            upload.report = report
+        prepared.phase("submitted")
+        events_topic = ANALYSIS_EVENTS.name(self.settings)
+        for seq, (phase, report) in enumerate(prepared.phases):
             fields = {k: v for k, v in report.items() if k in UploadUpdate.model_fields}
-            payload = UploadUpdate(phase=phase, upload_id=request_id, **fields)  # type: ignore[arg-type]
+            payload = UploadUpdate(
+                phase=phase,  # type: ignore[arg-type]
+                upload_id=request_id,
+                media=upload.media,
+                **fields,
+            )
             event = UploadUpdateEvent(
-                request_id=request_id, seq=seq, ts_ms=time.time_ns() // 1_000_000, payload=payload
+                request_id=request_id, seq=seq, ts_ms=submitted_ms, payload=payload
             )
-            seq += 1
-            self._send(ANALYSIS_EVENTS.name(self.settings), event.model_dump_json(), request_id)
-
-        update("received")
-        update("waiting")
-        async with self.slots:
-            update("compressing")
-            compressed = await loop.run_in_executor(
-                self.pool,
-                compress,
-                data,
-                image,
-                self.settings.upload_target_bytes,
-                self.settings.upload_quality_floor,
-                self.settings.upload_format,
-            )
-        update("compressed", compressed)
-        update("submitted", compressed)
+            self._send(events_topic, event.model_dump_json(), request_id)
+        encoded = base64.b64encode(prepared.data)
         request = AnalysisRequest(
             request_id=request_id,
             priority=lane,
@@ -294,11 +239,12 @@ class Analyze:
             deadline_ms=None
             if submission.deadline_ms is None
             else submitted_ms + submission.deadline_ms,
-            image=base64.b64encode(compressed.data),
+            image=None if upload.media == "clip" else encoded,
+            clip=encoded if upload.media == "clip" else None,
             camera_id=submission.camera_id,
             score_threshold=submission.score_threshold,
             max_items=submission.max_items,
-            events_before=seq,
+            events_before=len(prepared.phases),
         )
         # Its upload events first: the worker numbers on from them, on the same partition.
         await self._delivered()
@@ -311,8 +257,9 @@ class Analyze:
             "status_url": f"/api/v1/stream/status/{request_id}",
             "channel": f"analysis:{request_id}",
             "lane": lane.value,
+            "media": upload.media,
             "deadline_ms": request.due_ms(),
-            "upload": compressed.report(),
+            "upload": upload.report,
         }
 
     def _send(self, topic: str, value: str, key: str) -> None:
@@ -324,15 +271,7 @@ class Analyze:
         loop = asyncio.get_running_loop()
         left = await loop.run_in_executor(None, self.producer.flush, 10.0)
         if left:
-            raise self._refuse(503, "kafka_unavailable", "Kafka did not take the upload")
-
-    def _upload(self, upload_id: str, lane: Lane) -> Upload:
-        upload = self.uploads[upload_id] = Upload(upload_id, lane)
-        horizon = time.monotonic() - RETENTION_S
-        for key, old in list(self.uploads.items()):
-            if (old.finished is not None and old.finished < horizon) or len(self.uploads) > HISTORY:
-                del self.uploads[key]
-        return upload
+            raise self.queue.refuse(503, "kafka_unavailable", "Kafka did not take the upload")
 
     def cancel(self, request_id: str, reason: str = "cancelled by the client") -> bool:
         """Publish a cancel for a request this server knows; False if it does not."""
@@ -345,13 +284,3 @@ class Analyze:
         self._send(ANALYSIS_CANCEL.name(self.settings), cancel.model_dump_json(), request_id)
         self.producer.poll()
         return True
-
-    def upload_queue(self) -> dict[str, Any]:
-        active = [u for u in self.uploads.values() if u.finished is None]
-        return {
-            "concurrency": self.settings.upload_concurrency,
-            "preparing": sum(1 for u in active if u.phase == "compressing"),
-            "waiting": sum(1 for u in active if u.phase in ("received", "waiting")),
-            "recent": [u.status() for u in list(self.uploads.values())[-20:]],
-            "refused": dict(self.refused),
-        }

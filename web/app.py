@@ -37,7 +37,7 @@ from kestrel.schemas.analysis import AnalysisEvent
 from kestrel.settings import Settings
 from kestrel.topics import ANALYSIS_EVENTS, METRICS_UI
 from web.access import AUTHENTICATED, Access, AccessMiddleware
-from web.analyze import Analyze, UploadRefused, parse_submission
+from web.analyze import Analyze, parse_submission
 from web.backpressure import MAX_HZ
 from web.feed import HotCacheFeed
 from web.hub import Client, ClientStalled, Hub
@@ -50,6 +50,7 @@ from web.protocol import (
     parse_client,
     server_message,
 )
+from web.uploads import UploadRefused
 from web.ux import UxMerger
 
 log = logging.getLogger(__name__)
@@ -297,15 +298,20 @@ class Dashboard:
     async def _generate(
         self, payload: dict[str, Any], client: Client, correlation: str | None
     ) -> bytes:
-        """Digest D's ``generate``: a small inline image (base64), submitted like an
-        upload; the client is subscribed to the request's channel at once."""
+        """Digest D's ``generate``: a staged upload's id (``upload_id``, from ``POST
+        /api/v1/uploads``) or a small inline image (``image``, base64), submitted like
+        an upload; the client is subscribed to the request's channel at once."""
         try:
-            image = base64.b64decode(str(payload.get("image", "")), validate=True)
             params = payload.get("params") or {}
             if not isinstance(params, dict):
                 raise UploadRefused(400, "bad_field", "params: an object")
-            fields = {k: str(v) for k, v in params.items() if v is not None}
-            accepted = await self.analyze.submit(image, parse_submission(fields))
+            submission = parse_submission({k: str(v) for k, v in params.items() if v is not None})
+            upload_id = payload.get("upload_id")
+            if upload_id is not None:
+                accepted = await self.analyze.submit_staged(str(upload_id), submission)
+            else:
+                image = base64.b64decode(str(payload.get("image", "")), validate=True)
+                accepted = await self.analyze.submit(image, submission)
         except UploadRefused as exc:
             raise ProtocolError(exc.code, exc.message) from None
         except ValueError:  # binascii.Error
@@ -483,26 +489,48 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
             return JSONResponse({"error": f"no temporal analysis of {key!r}"}, 404)
         return Response(found.model_dump_json(), media_type="application/json")
 
-    async def analyze(request: Request) -> Response:
-        """``POST /api/v1/stream/analyze`` (multipart: ``file`` and the request's fields)."""
+    largest = max(settings.upload_max_bytes, settings.clip_max_bytes)
+
+    async def read_form(request: Request, need_file: bool) -> tuple[bytes | None, dict[str, str]]:
+        """A multipart form's ``file`` (an image or a clip) and its text fields."""
         length = int(request.headers.get("content-length") or 0)
-        if length > settings.upload_max_bytes + 64 * 1024:  # refused before it is read
-            return JSONResponse({"error": "upload_too_large", "message": f"{length} bytes"}, 413)
+        if length > largest + 64 * 1024:  # refused before it is read
+            raise UploadRefused(413, "upload_too_large", f"{length} bytes > {largest}")
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            if upload is None or isinstance(upload, str):
+                if need_file:
+                    raise UploadRefused(400, "no_file", "send an image or a clip as 'file'")
+                return None, fields
+            return await upload.read(largest + 1), fields
+
+    async def analyze(request: Request) -> Response:
+        """``POST /api/v1/stream/analyze`` (multipart: ``file``, or ``upload_id`` of a
+        staged upload, and the request's fields)."""
         try:
-            async with request.form(max_files=1, max_fields=10) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise UploadRefused(400, "no_file", "send the image as the field 'file'")
-                if (upload.content_type or "").startswith("video/"):
-                    message = "clips are not analysed yet: send an image (JPEG, PNG or WebP)"
-                    raise UploadRefused(415, "unsupported_media", message)
-                fields = {k: v for k, v in form.items() if isinstance(v, str)}
-                submission = parse_submission(fields)
-                data = await upload.read(settings.upload_max_bytes + 1)
-            accepted = await dash.analyze.submit(data, submission)
+            data, fields = await read_form(request, need_file=False)
+            submission = parse_submission(fields)
+            if data is not None:
+                accepted = await dash.analyze.submit(data, submission)
+            elif fields.get("upload_id"):
+                accepted = await dash.analyze.submit_staged(fields["upload_id"], submission)
+            else:
+                message = "send an image or a clip as 'file', or a staged 'upload_id'"
+                raise UploadRefused(400, "no_file", message)
         except UploadRefused as exc:
             return JSONResponse(exc.body(), exc.status)
         return JSONResponse(accepted, 202)
+
+    async def stage_upload(request: Request) -> Response:
+        """``POST /api/v1/uploads`` (multipart ``file``): checked and prepared, kept for
+        a submit by its id (this route, or the WebSocket's ``generate``)."""
+        try:
+            data, _ = await read_form(request, need_file=True)
+            prepared = await dash.analyze.queue.prepare(data or b"")
+        except UploadRefused as exc:
+            return JSONResponse(exc.body(), exc.status)
+        return JSONResponse(dash.analyze.queue.stage(prepared), 201)
 
     async def analysis_status(request: Request) -> Response:
         tracked = dash.analyze.book.requests.get(request.path_params["request_id"])
@@ -517,10 +545,10 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         return JSONResponse({"id": request_id, "state": "cancelling"}, 202)
 
     async def upload_queue(request: Request) -> Response:
-        return JSONResponse(dash.analyze.upload_queue())
+        return JSONResponse(dash.analyze.queue.status())
 
     async def upload_status(request: Request) -> Response:
-        upload = dash.analyze.uploads.get(request.path_params["upload_id"])
+        upload = dash.analyze.queue.uploads.get(request.path_params["upload_id"])
         if upload is None:
             return JSONResponse({"error": "unknown_upload"}, 404)
         return JSONResponse(upload.status())
@@ -530,7 +558,7 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
             {
                 "websocket": dash.hub.stats(),
                 "requests": dash.analyze.book.counts(),
-                "upload_queue": dash.analyze.upload_queue(),
+                "upload_queue": dash.analyze.queue.status(),
                 "sources": len(dash.cache.sources()),
                 "cameras": len(dash.cache.results),
                 "active_alerts": len(dash.cache.active_alerts),
@@ -571,6 +599,7 @@ def create_app(settings: Settings, follow_kafka: bool = True) -> Starlette:
         Route("/api/v1/status/upload/{upload_id}", upload_status),
         Route("/api/v1/status/dashboard", dashboard_status),
         Route("/api/v1/stream/analyze", analyze, methods=["POST"]),
+        Route("/api/v1/uploads", stage_upload, methods=["POST"]),
         Route("/api/v1/stream/status/{request_id}", analysis_status),
         Route("/api/v1/stream/{request_id}", analysis_cancel, methods=["DELETE"]),
         Route("/api/v1/cameras", cameras),
