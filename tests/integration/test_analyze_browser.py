@@ -3,7 +3,9 @@
 A person picks an image, chooses a priority and submits: the panel shows the upload
 and the phases, lists each finding as its token arrives, draws its box on the image,
 and shows the summary; a file that is not an image is refused with the server's
-reason. The server has a token, as a published one must.
+reason. A clip's frames arrive one by one, each drawn from the clip itself with its
+tracked boxes, and a slider picks any of them. The server has a token, as a published
+one must.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from web.app import create_app
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-@pytest.fixture
-def inference(kafka: LocalKafka, tmp_path: Path) -> Iterator[Settings]:
+@pytest.fixture(scope="module")
+def inference(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    tmp_path = tmp_path_factory.mktemp("analyze-browser")
     settings = settings_for(kafka, tmp_path, web_token=TOKEN)
     ensure_topics(settings)
     worker = FaustWorker(settings, tmp_path / "inference.log", app="faust_app:inference")
@@ -80,6 +83,54 @@ def test_a_person_analyses_an_image_and_watches_the_findings_arrive(
             assert "low requests shed 0" in page.inner_text("#analyze-memory")
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.locator("#analyze-section").screenshot(path=str(ARTIFACTS / "analyze.png"))
+            assert errors == []
+            browser.close()
+    finally:
+        server.stop()
+
+
+def test_a_person_analyses_a_clip_and_scrubs_through_its_tracked_frames(
+    inference: Settings, tmp_path: Path
+) -> None:
+    scene = SyntheticScene(4)
+    path = tmp_path / "street.webm"  # VP8: what a browser plays
+    first, _ = scene.render(0.0)
+    size = (first.shape[1], first.shape[0])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"VP80"), 10, size)
+    for i in range(20):  # 2 s: 8 frames analysed at 4 a second
+        writer.write(scene.render(2.0 + i / 10)[0])
+    writer.release()
+    server = Server(create_app(inference))
+    server.start()
+    try:
+        with sync_playwright() as p:
+            browser, page, errors = open_page(p, tmp_path, height=1400)
+            page.goto(f"http://127.0.0.1:{server.port}/?token={TOKEN}")
+            page.wait_for_selector("#connection[data-state=open]", timeout=20_000)
+            page.set_input_files("#analyze-file", str(path))
+            page.select_option("#analyze-priority", "high")
+            page.click("#analyze-form button[type=submit]")
+            page.wait_for_selector("#analyze-phase[data-phase=complete]", timeout=60_000)
+            frames = page.locator("#analyze-findings li").all_inner_texts()
+            assert [text.split(" at ")[0] for text in frames] == [
+                f"frame {n}" for n in (0, 3, 5, 8, 10, 13, 15, 18)
+            ]
+            assert any("#1 person" in text for text in frames), frames
+            summary = page.inner_text("#analyze-summary")
+            assert summary.startswith("8 frames in") and "person" in summary
+            # The browser plays the clip: the canvas shows its frames, at its size.
+            assert page.eval_on_selector("#analyze-video", "v => v.videoWidth") == size[0]
+            canvas = "document.getElementById('analyze-canvas').dataset"
+            page.wait_for_function(f"() => {canvas}.frame === '7' && {canvas}.frames === '8'")
+            page.eval_on_selector(
+                "#analyze-frame",
+                "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }",
+            )
+            page.wait_for_function(f"() => {canvas}.frame === '0'", timeout=10_000)
+            first_boxes = frames[0].count("person")
+            page.wait_for_function(f"() => {canvas}.boxes === '{first_boxes}'", timeout=10_000)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.locator("#analyze-section").screenshot(path=str(ARTIFACTS / "analyze-clip.png"))
             assert errors == []
             browser.close()
     finally:

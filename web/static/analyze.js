@@ -1,10 +1,14 @@
-// The Analyze panel: drop or pick an image, choose a priority, watch its phases and
-// findings arrive on its analysis:<id> channel (boxes drawn as they come), cancel it.
-// Uses app.js's send/subscribe; app.js routes analysis:<id> messages to onAnalysis.
+// The Analyze panel: drop or pick an image or a clip, choose a priority, watch its phases
+// and findings arrive on its analysis:<id> channel (boxes drawn as they come), cancel it.
+// A clip's tokens are its frames: the canvas shows the picked frame (the latest, or the
+// slider's) from the clip itself, with its tracked boxes; a clip the browser cannot play
+// gets the boxes on a blank frame. Uses app.js's send/subscribe; app.js routes
+// analysis:<id> messages to onAnalysis.
 "use strict";
 
 const analysis = {
-  current: null,  // {id, channel, bitmap, events: Map(seq -> event), findings: [], outcome}
+  current: null,  // {id, channel, bitmap, clip, events: Map(seq -> event), findings: [],
+                  //  frames: [], shown (frame index), outcome}
   dirty: false,
 };
 
@@ -21,6 +25,11 @@ async function submitAnalysis(file) {
   setAnalysisPhase("uploading", 0);
   document.getElementById("analyze-findings").replaceChildren();
   document.getElementById("analyze-summary").textContent = "";
+  const video = document.getElementById("analyze-video");
+  if (video.src) URL.revokeObjectURL(video.src);
+  video.removeAttribute("src");
+  const slider = document.getElementById("analyze-frame");
+  slider.hidden = true;
   let bitmap = null;
   try { bitmap = await createImageBitmap(file); } catch (e) { bitmap = null; }
   const answer = await fetch("/api/v1/stream/analyze", { method: "POST", body: form });
@@ -30,8 +39,12 @@ async function submitAnalysis(file) {
     document.getElementById("analyze-summary").textContent = body.message || "";
     return;
   }
-  analysis.current = { id: body.id, channel: body.channel, bitmap, events: new Map(),
-                       findings: [], outcome: null };
+  const clip = body.media === "clip";
+  if (clip) video.src = URL.createObjectURL(file);  // drawn from when a frame is picked
+  analysis.current = { id: body.id, channel: body.channel, bitmap, clip, events: new Map(),
+                       findings: [], frames: [], shown: -1, outcome: null,
+                       width: (body.upload && body.upload.width) || 320,
+                       height: (body.upload && body.upload.height) || 240 };
   analysis.dirty = true;
   document.getElementById("analyze-canvas").dataset.requestId = body.id;
   document.getElementById("analyze-cancel").disabled = false;
@@ -68,6 +81,16 @@ function applyEvent(current, event) {
     setAnalysisPhase(`upload: ${p.phase}`, 0);
   } else if (event.type === "stream_update") {
     setAnalysisPhase(p.phase, p.progress);
+  } else if (event.type === "token" && current.clip) {
+    current.frames.push(p.data);
+    const slider = document.getElementById("analyze-frame");
+    const following = current.shown === current.frames.length - 2;  // on the latest
+    slider.max = String(current.frames.length - 1);
+    slider.hidden = false;
+    if (following || current.shown < 0) showFrame(current, current.frames.length - 1);
+    const li = document.createElement("li");
+    li.textContent = p.text;
+    document.getElementById("analyze-findings").append(li);
   } else if (event.type === "token") {
     current.findings.push(p.data);
     const li = document.createElement("li");
@@ -80,7 +103,12 @@ function applyEvent(current, event) {
     setAnalysisPhase(event.type, event.type === "complete" ? 100 : null);
     document.getElementById("analyze-cancel").disabled = true;
     const summary = document.getElementById("analyze-summary");
-    if (event.type === "complete") {
+    if (event.type === "complete" && current.clip) {
+      const s = p.summary;
+      const tracks = p.result.tracks.map((t) => `#${t.track_id} ${t.label}`).join(", ");
+      summary.textContent = `${s.total_tokens} frames in ${Math.round(s.total_ms)} ms, ` +
+        `${p.result.tracks.length} tracks (${tracks || "none"})`;
+    } else if (event.type === "complete") {
       const s = p.summary;
       summary.textContent = `${s.total_tokens} findings in ${Math.round(s.total_ms)} ms ` +
         `(queued ${Math.round(s.queue_ms)} ms, first token ${fmtMs(s.first_token_ms)}, ` +
@@ -104,9 +132,49 @@ function setAnalysisPhase(text, progress) {
   if (progress !== null) document.getElementById("analyze-progress").value = progress;
 }
 
+function showFrame(current, index) {
+  // Seek the clip to the frame's time; it is drawn once the video has that frame.
+  current.shown = index;
+  document.getElementById("analyze-frame").value = String(index);
+  const video = document.getElementById("analyze-video");
+  const frame = current.frames[index];
+  if (video.src && video.readyState >= 1 && !video.error) {
+    video.currentTime = frame.t_ms / 1000;
+  }
+  analysis.dirty = true;
+}
+
+function drawClip(current, canvas) {
+  const video = document.getElementById("analyze-video");
+  const playable = video.src && video.readyState >= 2 && !video.error && video.videoWidth;
+  canvas.width = playable ? video.videoWidth : current.width;
+  canvas.height = playable ? video.videoHeight : current.height;
+  const ctx = canvas.getContext("2d");
+  if (playable) ctx.drawImage(video, 0, 0);
+  else { ctx.fillStyle = "#222"; ctx.fillRect(0, 0, canvas.width, canvas.height); }
+  const frame = current.frames[current.shown];
+  const findings = frame ? frame.findings : [];
+  ctx.lineWidth = Math.max(2, canvas.width / 320);
+  ctx.font = `${Math.max(12, canvas.width / 50)}px system-ui`;
+  findings.forEach((f) => {  // one colour per track
+    const [x1, y1, x2, y2] = f.box;
+    ctx.strokeStyle = ctx.fillStyle = COLORS[f.track_id % COLORS.length];
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillText(`#${f.track_id} ${f.label}`, x1 + 2, Math.max(12, y1 - 4));
+  });
+  if (frame) {
+    ctx.fillStyle = "#fff";
+    ctx.fillText(`frame ${frame.frame} at ${(frame.t_ms / 1000).toFixed(2)} s`, 8, canvas.height - 8);
+  }
+  canvas.dataset.boxes = String(findings.length);
+  canvas.dataset.frame = String(current.shown);
+  canvas.dataset.frames = String(current.frames.length);
+}
+
 function drawAnalysis() {
   const current = analysis.current;
   const canvas = document.getElementById("analyze-canvas");
+  if (current && current.clip) { drawClip(current, canvas); return; }
   if (!current || !current.bitmap) return;
   const { bitmap, findings } = current;
   canvas.width = bitmap.width;
@@ -150,6 +218,17 @@ document.getElementById("analyze-form").addEventListener("submit", (event) => {
   submitAnalysis(document.getElementById("analyze-file").files[0]);
 });
 document.getElementById("analyze-cancel").addEventListener("click", cancelAnalysis);
+document.getElementById("analyze-frame").addEventListener("input", (event) => {
+  if (analysis.current && analysis.current.clip) showFrame(analysis.current, Number(event.target.value));
+});
+const clipVideo = document.getElementById("analyze-video");
+for (const name of ["seeked", "loadeddata"]) {
+  clipVideo.addEventListener(name, () => {
+    const current = analysis.current;
+    if (name === "loadeddata" && current && current.shown >= 0) showFrame(current, current.shown);
+    analysis.dirty = true;
+  });
+}
 const drop = document.getElementById("analyze-drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
