@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -59,6 +60,30 @@ def test_a_clip_is_sampled_at_the_asked_rate_in_order(fourcc: str, ext: str, kin
     first = cv2.imdecode(np.frombuffer(frames[1].jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert first is not None
     assert first[60, 24 + 10] > 200 and first[60, 5] < 50  # the bar moved to x = 24..44
+
+
+def test_an_h264_mp4_as_phones_record_it_is_sampled(tmp_path: Path) -> None:
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(45):  # 1.5 s at 30 FPS
+            image = np.zeros((240, 320, 3), np.uint8)
+            image[60:180, 5 * i : 5 * i + 40] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = path.read_bytes()
+    info = probe(data, max_s=10, max_pixels=PIXELS)
+    assert (info.container, info.width, info.height, info.fps, info.frames) == (
+        "mp4",
+        320,
+        240,
+        30.0,
+        45,
+    )
+    frames = sample(data, fps=4.0, max_s=10, max_pixels=PIXELS)
+    assert [f.index for f in frames] == [0, 8, 15, 23, 30, 38]
 
 
 def test_a_clip_too_long_or_too_large_is_refused_from_its_header() -> None:
