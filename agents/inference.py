@@ -68,6 +68,7 @@ from kestrel.ondemand.compress import decode_image
 from kestrel.ondemand.desk import Item, RequestDesk
 from kestrel.ondemand.lanes import AHEAD_OF_CAMERAS, Lane, Queued
 from kestrel.ondemand.pressure import Limits, MemoryPressure
+from kestrel.process import limit_malloc_arenas
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.analysis import AnalysisCancel, AnalysisRequest, AnyEvent, CompleteEvent
 from kestrel.schemas.camera import Detection, FrameDetections
@@ -150,6 +151,7 @@ class InferenceStage:
 
     async def start(self) -> None:
         """Load once; at every start of the agent, check that the background tasks run."""
+        limit_malloc_arenas()  # before the decode, clip and inference threads start
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.registry.start)
         if self._batcher is not None:

@@ -20,9 +20,13 @@ FORMATS: dict[str, type[Detector]] = {
 
 
 def load_detector(settings: Settings) -> Detector:
-    """The detector of ``KESTREL_DETECTOR`` / ``KESTREL_MODEL_PATH``, warmed up."""
+    """The detector of ``KESTREL_DETECTOR`` / ``KESTREL_MODEL_PATH``, warmed up with
+    a batch of ``KESTREL_MAX_BATCH``."""
     return FORMATS[settings.detector](
-        settings.detector_path, settings.score_threshold, settings.inference_threads
+        settings.detector_path,
+        settings.score_threshold,
+        settings.inference_threads,
+        warm_batch=settings.max_batch,
     )
 
 

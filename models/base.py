@@ -63,6 +63,7 @@ class Detector(ABC):
         model_path: Path,
         score_threshold: float = 0.4,
         intra_op_threads: int = 0,
+        warm_batch: int = 1,
     ) -> None:
         if not model_path.exists():
             raise FileNotFoundError(f"model {model_path} does not exist; run `make model`")
@@ -73,7 +74,7 @@ class Detector(ABC):
         self.score_threshold = score_threshold
         self.input_name = self.session.get_inputs()[0].name
         started = time.perf_counter()
-        self.warm_up()
+        self.warm_up(warm_batch)
         log.info(
             "%s: %s on %s, warm-up %.0f ms",
             self.name,
@@ -92,8 +93,11 @@ class Detector(ABC):
     ) -> list[Detections]:
         """The session's outputs for a batch; ``sizes`` are the frames' (height, width)."""
 
-    def warm_up(self) -> None:
-        self.detect([np.zeros((480, 640, 3), np.uint8)])
+    def warm_up(self, batch: int = 1) -> None:
+        """Run the largest batch the worker will run: ONNX Runtime's CPU arena grows to
+        what that needs now, at start, and not in steps mid-stream (it keeps what it took;
+        measured by ``make bench-requests``)."""
+        self.detect([np.zeros((480, 640, 3), np.uint8)] * batch)
 
     def run(self, batch: NDArray[np.generic]) -> list[NDArray[np.generic]]:
         """One session run over a preprocessed batch."""

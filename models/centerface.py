@@ -51,10 +51,18 @@ class CenterFaceDetector(Detector):
     #: Frames are resized to this (width, height), multiples of 32, before the model.
     size = (640, 480)
 
-    def __init__(self, model_path: Path, score_threshold: float = 0.5, intra_op_threads: int = 0):
+    def __init__(
+        self,
+        model_path: Path,
+        score_threshold: float = 0.5,
+        intra_op_threads: int = 0,
+        warm_batch: int = 1,
+    ):
         if not model_path.exists():
             raise FileNotFoundError(f"model {model_path} does not exist; run `make model`")
-        super().__init__(with_dynamic_dims(model_path), score_threshold, intra_op_threads)
+        super().__init__(
+            with_dynamic_dims(model_path), score_threshold, intra_op_threads, warm_batch
+        )
 
     def preprocess(self, image: Image) -> NDArray[np.generic]:
         resized = cv2.resize(image, self.size)
