@@ -11,14 +11,17 @@ dashboard server (``python -m web``, in its own process), all as users run them:
    WebSocket (``analysis:<id>``): urgent, high and normal ones at steady rates, a
    steady trickle of low ones, and a flood of ``--low-flood`` low requests at once at
    the start. Every ``--cancel-every``-th low request is cancelled (``DELETE``) right
-   after it is accepted.
+   after it is accepted. Every ``--clip-every-s`` a clip (``--clip-s`` seconds of a
+   camera's street as MPEG-4, analysed at the worker's 4 frames a second) goes in
+   the normal lane; its figures are apart from the images'.
 
 Per lane: time from the submit to the first token and to ``complete`` (as the client
 sees them), the worker's own first-token time (from the start of work) and the gap
 between tokens, deadline misses; the time from a cancel to its ``cancelled`` event;
 the WebSocket latency from each event's production (its ``ts_ms``) to the client; the
 cameras' results per second with and without the requests; the inference worker's
-memory at the start and the end of the requests phase. Prints a table and writes
+memory through the requests phase (sampled each second: its growth over the first and
+the second half tells a warm-up from a leak). Prints a table and writes
 ``bench/results/requests.json``.
 """
 
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 import orjson
@@ -48,6 +52,7 @@ from bench.telemetry import REPO, PeakRss, broker_settings, free_port, start_bro
 from bench.telemetry import stop as stop_process
 from bench.web import wait_healthy
 from kestrel.camera.registry import register
+from kestrel.camera.synthetic import SyntheticScene
 from kestrel.ondemand.lanes import LANE_ORDER
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.camera import CameraConfig
@@ -62,6 +67,7 @@ FINAL = ("complete", "cancelled", "error")
 class Tracked:
     lane: str
     submitted: float  # epoch seconds, when the client started the POST
+    media: str = "image"
     request_id: str = ""
     cancel_sent: float | None = None
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (receipt, event)
@@ -94,7 +100,9 @@ class Load:
         self._sent_at = 0.0
         self.reread_after_shed = 0  # requests read anew after the server said it shed
 
-    async def run(self, image: bytes, schedule: list[tuple[float, str]], drain_s: float) -> None:
+    async def run(
+        self, media: dict[str, bytes], schedule: list[tuple[float, str]], drain_s: float
+    ) -> None:
         async with httpx.AsyncClient(timeout=30) as http, connect(self.ws_url) as ws:
             await ws.send(orjson.dumps({"type": "hello", "payload": {}}).decode())
             reader = asyncio.create_task(self._read(ws))
@@ -104,7 +112,10 @@ class Load:
                 delay = started + at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)  # the load's own clock
-                submits.append(asyncio.create_task(self._submit(http, ws, image, lane)))
+                kind = "clip" if lane == "clip" else "image"
+                lane = "normal" if lane == "clip" else lane
+                submit = self._submit(http, ws, media[kind], lane, kind)
+                submits.append(asyncio.create_task(submit))
             await asyncio.gather(*submits)
             await self._drain(ws, drain_s)
             # A client that missed a request's end (its updates shed under backpressure)
@@ -132,13 +143,14 @@ class Load:
             pass  # counted below as not finished
 
     async def _submit(
-        self, http: httpx.AsyncClient, ws: ClientConnection, image: bytes, lane: str
+        self, http: httpx.AsyncClient, ws: ClientConnection, data: bytes, lane: str, media: str
     ) -> None:
-        tracked = Tracked(lane, time.time())
+        tracked = Tracked(lane, time.time(), media)
         self.tracked.append(tracked)
+        name, kind = ("street.mp4", "video/mp4") if media == "clip" else ("frame.jpg", "image/jpeg")
         answer = await http.post(
             f"{self.base}/api/v1/stream/analyze",
-            files={"file": ("frame.jpg", image, "image/jpeg")},
+            files={"file": (name, data, kind)},
             data={"priority": lane},
         )
         if answer.status_code != 202:
@@ -216,8 +228,8 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
-def lane_figures(tracked: list[Tracked], lane: str) -> dict[str, Any]:
-    mine = [t for t in tracked if t.lane == lane and t.request_id]
+def lane_figures(tracked: list[Tracked], lane: str, media: str = "image") -> dict[str, Any]:
+    mine = [t for t in tracked if t.lane == lane and t.media == media and t.request_id]
     outcomes = [t.outcome for t in mine]
     completed = [t for t, o in zip(mine, outcomes, strict=True) if o and o["type"] == "complete"]
     to_first, to_complete, first_token, gaps = [], [], [], []
@@ -257,6 +269,7 @@ def schedule_of(args: argparse.Namespace) -> list[tuple[float, str]]:
     """(seconds from the start, lane) of every submit, in time order."""
     plan = [(0.0, "low")] * args.low_flood
     for lane, every in (
+        ("clip", args.clip_every_s),
         ("urgent", args.urgent_every_s),
         ("high", args.high_every_s),
         ("normal", args.normal_every_s),
@@ -279,6 +292,8 @@ def main() -> int:
     parser.add_argument("--low-per-s", type=float, default=2.0)
     parser.add_argument("--low-flood", type=int, default=60, help="low requests at once")
     parser.add_argument("--cancel-every", type=int, default=5, help="every n-th low request")
+    parser.add_argument("--clip-every-s", type=float, default=10.0, help="0: no clips")
+    parser.add_argument("--clip-s", type=float, default=5.0, help="each clip's length")
     parser.add_argument("--output", type=Path, default=RESULTS / "requests.json")
     args = parser.parse_args()
 
@@ -286,6 +301,7 @@ def main() -> int:
     frames = frames_for(args.cameras, 50)
     image = frames[0][10]  # a 640x480 street scene, as the cameras send
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-bench-requests-"))
+    clip = street_clip(args.clip_s, workdir)
     broker = start_broker(workdir, defaults)
     procs = []
     try:
@@ -317,6 +333,7 @@ def main() -> int:
 
         print("cameras + requests ...", flush=True)
         rss_start = inference.memory_info().rss / 2**20
+        series = RssSeries(inference.pid)
         with_requests: dict[str, Any] = {}
         cameras = threading.Thread(
             target=lambda: with_requests.update(
@@ -325,9 +342,10 @@ def main() -> int:
         )
         cameras.start()
         load = Load(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", args.cancel_every)
-        asyncio.run(load.run(image, schedule_of(args), drain_s=60))
+        asyncio.run(load.run({"image": image, "clip": clip}, schedule_of(args), drain_s=60))
         cameras.join()
         rss_end = inference.memory_info().rss / 2**20
+        rss_series = series.stop()
         stop_at.set()
         reader.join(10)
         rss_peak = peak.stop()
@@ -342,6 +360,10 @@ def main() -> int:
         if t.cancel_sent is not None and t.outcome and t.outcome["type"] == "cancelled"
     ]
     lanes = {lane.value: lane_figures(load.tracked, lane.value) for lane in LANE_ORDER}
+    clips = lane_figures(load.tracked, "normal", media="clip")
+    clips["frames_per_clip"] = round(args.clip_s * 4) if args.clip_every_s else 0
+    clips["clip_bytes"] = len(clip)
+    half = len(rss_series) // 2
     out: dict[str, Any] = {
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
         "cameras": args.cameras,
@@ -351,9 +373,10 @@ def main() -> int:
         "camera_fps_change": with_requests["results_per_s"] / alone["results_per_s"] - 1,
         "camera_latency_ms_p50_alone": alone["latency_ms_p50"],
         "camera_latency_ms_p50_with_requests": with_requests["latency_ms_p50"],
-        "requests_submitted": sum(f["submitted"] for f in lanes.values()),
+        "requests_submitted": sum(f["submitted"] for f in lanes.values()) + clips["submitted"],
         "requests_refused": load.refused,
         "lanes": lanes,
+        "clips": clips,
         "cancel_to_stop_ms": percentiles(cancels),
         "cancels": len(cancels),
         "ws_latency_ms": percentiles(load.ws_latency_ms),
@@ -366,6 +389,11 @@ def main() -> int:
         "worker_rss_mb_start": rss_start,
         "worker_rss_mb_end": rss_end,
         "worker_rss_mb_peak": rss_peak,
+        # Over the first and the second half of the requests phase: a warm-up grows in
+        # the first, a leak in both.
+        "worker_rss_mb_growth_first_half": rss_series[half] - rss_series[0],
+        "worker_rss_mb_growth_second_half": rss_series[-1] - rss_series[half],
+        "worker_rss_mb_series": rss_series[:: max(1, len(rss_series) // 20)],
         "load": {k: v for k, v in vars(args).items() if k != "output"},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +401,39 @@ def main() -> int:
     print_table(out)
     print(f"wrote {args.output}")
     return 0
+
+
+def street_clip(seconds: float, folder: Path) -> bytes:
+    """A camera's street, ``seconds`` long at 10 FPS, as MPEG-4 in MP4 (what OpenCV writes)."""
+    scene = SyntheticScene(1)
+    path = str(folder / "street.mp4")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"mp4v"), 10, (640, 480))
+    for i in range(round(seconds * 10)):
+        writer.write(scene.render(i / 10)[0])
+    writer.release()
+    return Path(path).read_bytes()
+
+
+class RssSeries:
+    """A process's resident memory (MB), sampled each second until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(self.process.memory_info().rss / 2**20)
+            if self._stop.wait(1.0):
+                return
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
 
 
 def wait_ready(proc: Any, log: Path) -> None:
@@ -424,6 +485,20 @@ def print_table(out: dict[str, Any]) -> None:
     print(
         f"inference worker RSS: {out['worker_rss_mb_start']:.0f} MB at the start of the "
         f"requests, {out['worker_rss_mb_end']:.0f} at the end, peak {out['worker_rss_mb_peak']:.0f}"
+    )
+    clips = out["clips"]
+    if clips["submitted"]:
+        done = clips["to_complete_ms"]
+        print(
+            f"clips (normal lane, {clips['frames_per_clip']} frames each): "
+            f"{clips['completed']} of {clips['submitted']} completed, "
+            f"{clips['deadline_missed']} missed their deadline; complete p50 "
+            f"{fmt(done['p50'])} / p99 {fmt(done['p99'])} ms"
+        )
+    print(
+        f"worker RSS growth over the first / second half of the requests: "
+        f"{out['worker_rss_mb_growth_first_half']:+.0f} / "
+        f"{out['worker_rss_mb_growth_second_half']:+.0f} MB"
     )
     if out["requests_refused"]:
         print(f"refused at submit: {out['requests_refused']}")

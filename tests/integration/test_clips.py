@@ -175,6 +175,37 @@ async def test_a_staged_clip_generated_over_the_websocket_is_cancelled_midway(
 
 
 @pytest.mark.asyncio
+async def test_a_clip_of_megabytes_goes_through_the_api_and_kafka_at_urgent_priority(
+    pipeline: tuple[Settings, FaustWorker],
+) -> None:
+    """A record of megabytes on the request topic (past aiokafka's 1 MB fetch default)."""
+    settings, _ = pipeline
+    server = Server(create_app(settings))
+    server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    clip = street_clip(1.0, noise=True)
+    assert len(clip) > 1_500_000
+    try:
+        async with httpx.AsyncClient(timeout=30) as http, connect(server.ws_url) as ws:
+            await hello(ws)
+            answer = await http.post(
+                f"{base}/api/v1/stream/analyze",
+                files={"file": ("noise.mp4", clip, "video/mp4")},
+                data={"priority": "urgent", "deadline_ms": "30000"},
+            )
+            assert answer.status_code == 202, answer.text
+            accepted = answer.json()
+            assert accepted["media"] == "clip" and accepted["upload"]["frames"] == 10
+            events = await asyncio.wait_for(follow(ws, accepted["channel"]), 60)
+        assert events[-1]["type"] == "complete", events[-1]
+        result = events[-1]["payload"]["result"]
+        assert [f["t_ms"] for f in result["frames"]] == [0, 300, 500, 800]
+        assert (result["width"], result["height"]) == (640, 480)
+    finally:
+        server.stop()
+
+
+@pytest.mark.asyncio
 async def test_bad_clips_get_a_clear_4xx_and_leave_nothing_behind(
     pipeline: tuple[Settings, FaustWorker],
 ) -> None:
