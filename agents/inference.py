@@ -148,9 +148,16 @@ class InferenceStage:
         self.clip_reader = ThreadPoolExecutor(1, thread_name_prefix="clip")
         self.clip_slots = asyncio.Semaphore(CLIPS_AT_ONCE)
         self._clips: set[asyncio.Task[None]] = set()
+        #: Both agents start the stage, at once: it is made once, under this lock. (Made
+        #: twice, the second producer replaced the first, whose queued events were lost.)
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
         """Load once; at every start of the agent, check that the background tasks run."""
+        async with self._starting:
+            await self._start()
+
+    async def _start(self) -> None:
         limit_malloc_arenas()  # before the decode, clip and inference threads start
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.registry.start)
