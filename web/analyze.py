@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import KafkaError, Message
+
 from kestrel.ondemand.lanes import DEFAULT_CAPACITY, LANE_ORDER, Lane
 from kestrel.producer import KestrelProducer
 from kestrel.schemas.analysis import (
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 RETENTION_S = 30.0
 HISTORY = 1_000
 MAX_EVENTS = MAX_ITEMS + 50  # a request's tokens and its phases
+DELIVERY_TIMEOUT_S = 10.0
+POLL_S = 0.002
 
 
 @dataclass
@@ -180,6 +184,11 @@ def parse_submission(fields: dict[str, str]) -> Submission:
     )
 
 
+def _settle(future: asyncio.Future[KafkaError | None], err: KafkaError | None) -> None:
+    if not future.done():
+        future.set_result(err)
+
+
 class Analyze:
     """Submits and cancels; one per web server."""
 
@@ -192,7 +201,9 @@ class Analyze:
     async def submit(self, data: bytes, submission: Submission) -> dict[str, Any]:
         """Check, prepare and publish one image or clip (see :meth:`publish`)."""
         self._check(submission)
-        return await self.publish(await self.queue.prepare(data), submission)
+        prepared = await self.queue.prepare(data)
+        # Its deadline counts from when the upload came, its preparation included.
+        return await self.publish(prepared, submission, prepared.received_ms)
 
     async def submit_staged(self, upload_id: str, submission: Submission) -> dict[str, Any]:
         """Publish a staged upload (``POST /api/v1/uploads``) by its id."""
@@ -208,17 +219,21 @@ class Analyze:
             message = f"the {lane} lane has {capacity} requests in flight; retry later"
             raise self.queue.refuse(429, "lane_full", message)
 
-    async def publish(self, prepared: Prepared, submission: Submission) -> dict[str, Any]:
+    async def publish(
+        self, prepared: Prepared, submission: Submission, since_ms: int | None = None
+    ) -> dict[str, Any]:
         """The upload's events, then its request on its lane's topic; its id (the
-        upload's), status URL and channel. Nothing is published before this."""
+        upload's), status URL and channel. Nothing is published before this.
+        ``since_ms``: when the request was made (default: now, as for a staged upload)."""
         lane = submission.lane
         request_id = prepared.upload_id
         upload = prepared.upload
         upload.lane = lane.value
         self.book.track(request_id, lane)
-        submitted_ms = time.time_ns() // 1_000_000
+        submitted_ms = since_ms or time.time_ns() // 1_000_000
         prepared.phase("submitted")
         events_topic = ANALYSIS_EVENTS.name(self.settings)
+        uploads = []
         for seq, (phase, report) in enumerate(prepared.phases):
             fields = {k: v for k, v in report.items() if k in UploadUpdate.model_fields}
             payload = UploadUpdate(
@@ -230,7 +245,7 @@ class Analyze:
             event = UploadUpdateEvent(
                 request_id=request_id, seq=seq, ts_ms=submitted_ms, payload=payload
             )
-            self._send(events_topic, event.model_dump_json(), request_id)
+            uploads.append((events_topic, event.model_dump_json()))
         encoded = base64.b64encode(prepared.data)
         request = AnalysisRequest(
             request_id=request_id,
@@ -247,10 +262,9 @@ class Analyze:
             events_before=len(prepared.phases),
         )
         # Its upload events first: the worker numbers on from them, on the same partition.
-        await self._delivered()
+        await self._delivered(uploads, request_id)
         topic = ANALYSIS_REQUESTS[lane.rank].name(self.settings)
-        self._send(topic, request.model_dump_json(), request_id)
-        await self._delivered()
+        await self._delivered([(topic, request.model_dump_json())], request_id)
         upload.finished = time.monotonic()
         return {
             "id": request_id,
@@ -266,12 +280,33 @@ class Analyze:
         assert self.producer is not None
         self.producer.send(topic, value.encode(), key.encode())
 
-    async def _delivered(self) -> None:
-        assert self.producer is not None
+    async def _delivered(self, records: list[tuple[str, str]], key: str) -> None:
+        """Send ``records`` (topic, value) and wait until Kafka has each of them.
+
+        Only for these: a flush would wait for every message of the server's producer,
+        so a flood of low requests' sends would hold an urgent one back.
+        """
+        producer = self.producer
+        assert producer is not None
         loop = asyncio.get_running_loop()
-        left = await loop.run_in_executor(None, self.producer.flush, 10.0)
-        if left:
-            raise self.queue.refuse(503, "kafka_unavailable", "Kafka did not take the upload")
+        waiting: list[asyncio.Future[KafkaError | None]] = []
+        for topic, value in records:
+            future: asyncio.Future[KafkaError | None] = loop.create_future()
+            waiting.append(future)
+
+            def report(err: KafkaError | None, _: Message, future: Any = future) -> None:
+                # Runs in whichever thread polls: this loop, or a flush at shutdown.
+                loop.call_soon_threadsafe(_settle, future, err)
+
+            producer.send(topic, value.encode(), key.encode(), on_delivery=report)
+        give_up = loop.time() + DELIVERY_TIMEOUT_S
+        while not all(f.done() for f in waiting):
+            producer.poll()
+            if loop.time() > give_up:
+                raise self.queue.refuse(503, "kafka_unavailable", "Kafka did not take it")
+            await asyncio.sleep(POLL_S)  # delivery reports come through poll()
+        if any(f.result() is not None for f in waiting):
+            raise self.queue.refuse(503, "kafka_unavailable", "Kafka refused it")
 
     def cancel(self, request_id: str, reason: str = "cancelled by the client") -> bool:
         """Publish a cancel for a request this server knows; False if it does not."""

@@ -77,6 +77,7 @@ class Prepared:
     upload: Upload
     data: bytes  # the compressed image, or the clip as it came
     phases: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    received_ms: int = 0  # epoch ms, when the upload came
 
     @property
     def upload_id(self) -> str:
@@ -104,6 +105,7 @@ class UploadQueue:
 
     async def prepare(self, data: bytes) -> Prepared:
         """Check and prepare an image or a clip; :class:`UploadRefused` says why not."""
+        received_ms = time.time_ns() // 1_000_000
         if not data:
             raise self.refuse(400, "empty_upload", "the upload is empty")
         clip = sniff_clip(data) is not None
@@ -125,7 +127,8 @@ class UploadQueue:
         except InvalidMessage as exc:
             too_big = exc.reason in ("image_too_large", "clip_too_long")
             raise self.refuse(413 if too_big else 415, exc.reason, exc.detail) from None
-        prepared = Prepared(self._upload(uuid.uuid4().hex, "clip" if clip else "image"), data)
+        upload = self._upload(uuid.uuid4().hex, "clip" if clip else "image")
+        prepared = Prepared(upload, data, received_ms=received_ms)
         prepared.phase("received")
         prepared.phase("waiting")
         async with self.slots:
