@@ -83,9 +83,10 @@ class KestrelProducer:
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
-    def poll(self) -> int:
-        """Serve delivery reports that are ready; return how many were served."""
-        served: int = self._producer.poll(0)
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports that are ready (waiting up to ``timeout_s`` for one);
+        return how many were served."""
+        served: int = self._producer.poll(timeout_s)
         return served
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -44,7 +45,6 @@ RETENTION_S = 30.0
 HISTORY = 1_000
 MAX_EVENTS = MAX_ITEMS + 50  # a request's tokens and its phases
 DELIVERY_TIMEOUT_S = 10.0
-POLL_S = 0.002
 
 
 @dataclass
@@ -197,11 +197,13 @@ class Analyze:
         self.book = RequestBook(hub)
         self.producer = producer
         self.queue = UploadQueue(settings)
+        self._poller: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     async def submit(self, data: bytes, submission: Submission) -> dict[str, Any]:
         """Check, prepare and publish one image or clip (see :meth:`publish`)."""
         self._check(submission)
-        prepared = await self.queue.prepare(data)
+        prepared = await self.queue.prepare(data, submission.lane.rank)
         # Its deadline counts from when the upload came, its preparation included.
         return await self.publish(prepared, submission, prepared.received_ms)
 
@@ -299,14 +301,34 @@ class Analyze:
                 loop.call_soon_threadsafe(_settle, future, err)
 
             producer.send(topic, value.encode(), key.encode(), on_delivery=report)
-        give_up = loop.time() + DELIVERY_TIMEOUT_S
-        while not all(f.done() for f in waiting):
-            producer.poll()
-            if loop.time() > give_up:
-                raise self.queue.refuse(503, "kafka_unavailable", "Kafka did not take it")
-            await asyncio.sleep(POLL_S)  # delivery reports come through poll()
-        if any(f.result() is not None for f in waiting):
+        self._poll_reports()
+        try:
+            errors = await asyncio.wait_for(asyncio.gather(*waiting), DELIVERY_TIMEOUT_S)
+        except TimeoutError:
+            raise self.queue.refuse(503, "kafka_unavailable", "Kafka did not take it") from None
+        if any(err is not None for err in errors):
             raise self.queue.refuse(503, "kafka_unavailable", "Kafka refused it")
+
+    def _poll_reports(self) -> None:
+        """Serve delivery reports in a thread of their own, as confluent-kafka's asyncio
+        example does: a blocking poll wakes as soon as a report comes, and costs nothing
+        while none does (polling from the loop would be a busy wait per submit)."""
+        if self._poller is not None or self.producer is None:
+            return
+        producer, stopped = self.producer, self._stopped
+
+        def serve() -> None:
+            while not stopped.is_set():
+                producer.poll(0.1)
+
+        self._poller = threading.Thread(target=serve, name="analyze-deliveries", daemon=True)
+        self._poller.start()
+
+    def close(self) -> None:
+        """Stop serving delivery reports (the server's shutdown flushes the producer)."""
+        self._stopped.set()
+        if self._poller is not None:
+            self._poller.join(1.0)
 
     def cancel(self, request_id: str, reason: str = "cancelled by the client") -> bool:
         """Publish a cancel for a request this server knows; False if it does not."""

@@ -123,6 +123,7 @@ class Dashboard:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.analyze.close()
         if self.producer is not None:
             self.producer.flush(5)
         for client in list(self.hub.clients.values()):
