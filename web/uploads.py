@@ -1,7 +1,9 @@
 """The upload queue (digest C): an upload checked and prepared, then submitted or staged.
 
 At most ``KESTREL_UPLOAD_CONCURRENCY`` uploads are prepared at once, in a thread pool
-(decoding, encoding and reading a clip's header block). An image is decoded (its
+(decoding, encoding and reading a clip's header block); the others wait for a slot in
+their priority's order (digest C: urgent first, then high, normal, low; a flood of low
+uploads never holds an urgent one back). An image is decoded (its
 declared size checked first) and compressed by the quality search; a clip
 (:mod:`kestrel.ondemand.clip`) has its header checked (length, frame size) and goes
 on as it came: the inference worker samples it. Everything that can refuse an upload
@@ -16,9 +18,13 @@ route's ``upload_id`` field, or the WebSocket's ``generate``): staged uploads ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -90,10 +96,46 @@ class Prepared:
         self.phases.append((phase, dict(self.upload.report)))
 
 
+class PrioritySlots:
+    """At most ``n`` holders at once; the others get a slot by rank (lowest first),
+    then in the order they came."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, rank: int) -> AsyncIterator[None]:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+        else:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self.waiting, (rank, next(self._arrivals), future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():  # given, then cancelled
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting:
+            _, _, future = heapq.heappop(self.waiting)
+            if not future.done():  # a waiter that was cancelled is skipped
+                future.set_result(None)
+                return
+        self.free += 1
+
+
 class UploadQueue:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.slots = asyncio.Semaphore(settings.upload_concurrency)
+        self.slots = PrioritySlots(settings.upload_concurrency)
         self.pool = ThreadPoolExecutor(settings.upload_concurrency, thread_name_prefix="upload")
         self.uploads: OrderedDict[str, Upload] = OrderedDict()
         self.staged: OrderedDict[str, Prepared] = OrderedDict()
@@ -103,8 +145,9 @@ class UploadQueue:
         self.refused[code] = self.refused.get(code, 0) + 1
         return UploadRefused(status, code, message)
 
-    async def prepare(self, data: bytes) -> Prepared:
-        """Check and prepare an image or a clip; :class:`UploadRefused` says why not."""
+    async def prepare(self, data: bytes, rank: int = 2) -> Prepared:
+        """Check and prepare an image or a clip, in a slot by ``rank`` (its lane's: 0 is
+        urgent); :class:`UploadRefused` says why not."""
         received_ms = time.time_ns() // 1_000_000
         if not data:
             raise self.refuse(400, "empty_upload", "the upload is empty")
@@ -113,8 +156,16 @@ class UploadQueue:
         if len(data) > limit:
             what = "clip" if clip else "upload"
             raise self.refuse(413, f"{what}_too_large", f"{len(data)} bytes > {limit}")
+        upload = self._upload(uuid.uuid4().hex, "clip" if clip else "image")
+        prepared = Prepared(upload, data, received_ms=received_ms)
+        prepared.phase("received")
+        prepared.phase("waiting")
+        async with self.slots.hold(rank):
+            return await self._prepare(prepared, clip)
+
+    async def _prepare(self, prepared: Prepared, clip: bool) -> Prepared:
         loop = asyncio.get_running_loop()
-        settings = self.settings
+        settings, data = self.settings, prepared.data
         try:
             if clip:
                 info = await loop.run_in_executor(
@@ -125,26 +176,22 @@ class UploadQueue:
                     self.pool, decode_image, data, settings.upload_max_pixels
                 )
         except InvalidMessage as exc:
+            self.uploads.pop(prepared.upload_id, None)  # refused: nothing of it stays
             too_big = exc.reason in ("image_too_large", "clip_too_long")
             raise self.refuse(413 if too_big else 415, exc.reason, exc.detail) from None
-        upload = self._upload(uuid.uuid4().hex, "clip" if clip else "image")
-        prepared = Prepared(upload, data, received_ms=received_ms)
-        prepared.phase("received")
-        prepared.phase("waiting")
-        async with self.slots:
-            if clip:  # nothing to compress: the worker samples it
-                prepared.phase("checked", {"original_bytes": len(data), **info.report()})
-                return prepared
-            prepared.phase("compressing")
-            compressed = await loop.run_in_executor(
-                self.pool,
-                compress,
-                data,
-                image,
-                settings.upload_target_bytes,
-                settings.upload_quality_floor,
-                settings.upload_format,
-            )
+        if clip:  # nothing to compress: the worker samples it
+            prepared.phase("checked", {"original_bytes": len(data), **info.report()})
+            return prepared
+        prepared.phase("compressing")
+        compressed = await loop.run_in_executor(
+            self.pool,
+            compress,
+            data,
+            image,
+            settings.upload_target_bytes,
+            settings.upload_quality_floor,
+            settings.upload_format,
+        )
         prepared.data = compressed.data
         prepared.phase("compressed", compressed.report())
         return prepared
