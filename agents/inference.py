@@ -25,12 +25,13 @@ stage, which writes exactly once, drops the duplicate.
 
 The same batches serve on-demand analysis requests (:mod:`kestrel.ondemand`), read
 from the four lane topics: a batch takes the urgent, high and normal requests' images
-first (earliest deadline first; a request never waits for the batching delay), then
-the cameras' frames, then low requests. A clip is sampled into frames when its
-request is admitted (in a thread of its own, at most ``CLIPS_AT_ONCE`` waiting), and
-each frame is one item of the batches. A request's events go to ``analysis.events``
-and its record is acked when its last event is delivered; ``analysis.cancel`` is
-followed by every worker of the group (a group-less consumer).
+first (earliest deadline first; a request never waits for the batching delay; at most
+half the batch while camera frames wait), then the cameras' frames, then low requests.
+A clip is sampled into frames when its request is admitted (in a thread of its own, at
+most ``CLIPS_AT_ONCE`` waiting), and each frame is one item of the batches. A request's
+events go to ``analysis.events`` and its record is acked when its last event is
+delivered; ``analysis.cancel`` is followed by every worker of the group (a group-less
+consumer).
 
 The detector is loaded when the worker starts, never at import, and the model's
 telemetry (FPS, latency, batch size, queue wait, GPU) goes to ``metrics.model``
@@ -379,7 +380,8 @@ class InferenceStage:
 
     async def _next_batch(self) -> tuple[list[Waiting[Frame]], list[Queued[Item]]]:
         """Frames and requests' items: requests with a deadline go at once, without the
-        batching delay, and take the batch's first places; low requests the last."""
+        batching delay, and take the batch's first places (up to half of it while frames
+        wait); low requests the last."""
         delay = settings.max_queue_delay_ms / 1000
         lanes = self.desk.lanes
         while True:
@@ -404,7 +406,10 @@ class InferenceStage:
             except TimeoutError:
                 break
         size = self.batch.size
-        ahead = lanes.take(size, AHEAD_OF_CAMERAS)
+        # Frames waiting keep at least half the batch: a clip's dozens of frames, or a
+        # burst of requests, go ahead of the cameras but never take all of the detector.
+        kept = min(len(self.queues), size // 2)
+        ahead = lanes.take(size - kept, AHEAD_OF_CAMERAS)
         frames = self.queues.take(size - len(ahead))
         return frames, ahead + lanes.take(size - len(ahead) - len(frames), (Lane.LOW,))
 
