@@ -33,6 +33,7 @@ _MAGIC: dict[str, Callable[[bytes], bool]] = {
     "avi": lambda d: d[:4] == b"RIFF" and d[8:12] == b"AVI ",
 }
 JPEG_QUALITY = 90
+MAX_READ_FPS = 240  # frames read a second of the limit at most, whatever timestamps say
 
 
 def sniff_clip(data: bytes) -> str | None:
@@ -119,14 +120,17 @@ def probe(data: bytes, max_s: float, max_pixels: int) -> ClipInfo:
 
 
 def sample(data: bytes, fps: float, max_s: float, max_pixels: int) -> list[ClipFrame]:
-    """The clip's frames at ``fps`` (its first frame, then one every 1/fps s).
+    """The clip's frames at ``fps``: its first frame, then the first at or after each
+    1/fps s, by the frames' own timestamps (phones record at a variable frame rate;
+    where a container gives none, a frame's number over the header's rate).
 
-    The header's length is checked first; reading stops at ``max_s`` of frames whatever
-    the header said, and a clip that still has frames there is refused (``clip_too_long``).
+    The header's length is checked first; reading stops at the first frame past
+    ``max_s`` whatever the header said (``clip_too_long``), or past
+    ``MAX_READ_FPS`` frames a second of the limit, whatever the timestamps say.
     """
+    step = 1.0 / fps
     with _opened(data) as (capture, info):
         _check(info, max_s, max_pixels)
-        last = math.floor(max_s * info.fps)  # the last frame index inside the limit
         taken: list[ClipFrame] = []
         next_t = 0.0
         index = 0
@@ -134,19 +138,21 @@ def sample(data: bytes, fps: float, max_s: float, max_pixels: int) -> list[ClipF
             ok, image = capture.read()
             if not ok or image is None:
                 break
-            if index > last:
+            position_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
+            t = position_ms / 1000 if position_ms > 0 or index == 0 else index / info.fps
+            if t > max_s or index > max_s * MAX_READ_FPS:
                 raise InvalidMessage(
                     "clip_too_long", f"it has frames past {max_s:g} s (its header said less)"
                 )
             height, width = image.shape[:2]
             if width * height > max_pixels:
                 raise InvalidMessage("image_too_large", f"a {width}x{height} frame")
-            t = index / info.fps
             if t + 1e-9 >= next_t:
                 ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
                 if ok:
                     taken.append(ClipFrame(index, round(t * 1000), bytes(jpeg)))
-                next_t += 1.0 / fps
+                while next_t <= t + 1e-9:  # one frame per interval, even after a gap
+                    next_t += step
             index += 1
         if not taken:
             raise InvalidMessage("not_a_clip", "no frame of the clip decodes")

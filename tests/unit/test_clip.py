@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,27 @@ def test_an_h264_mp4_as_phones_record_it_is_sampled(tmp_path: Path) -> None:
     )
     frames = sample(data, fps=4.0, max_s=10, max_pixels=PIXELS)
     assert [f.index for f in frames] == [0, 8, 15, 23, 30, 38]
+
+
+def test_a_variable_frame_rate_clip_is_sampled_by_its_frames_timestamps(tmp_path: Path) -> None:
+    """Frames at 0, 0.1, 0.15, 1.0, 1.05, 1.1 and 2.0 s (a phone pausing, then catching up)."""
+    path = tmp_path / "vfr.mp4"
+    stamps_ms = [0, 100, 150, 1000, 1050, 1100, 2000]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        for i, ms in enumerate(stamps_ms):
+            image = np.full((120, 160, 3), 20 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    frames = sample(path.read_bytes(), fps=4.0, max_s=10, max_pixels=PIXELS)
+    assert [(f.index, f.t_ms) for f in frames] == [(0, 0), (3, 1000), (6, 2000)]
+    with pytest.raises(InvalidMessage) as long:  # by its timestamps, whatever its header
+        sample(path.read_bytes(), fps=4.0, max_s=1.5, max_pixels=PIXELS)
+    assert long.value.reason == "clip_too_long"
 
 
 def test_a_clip_too_long_or_too_large_is_refused_from_its_header() -> None:
