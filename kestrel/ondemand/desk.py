@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from kestrel.ondemand.clip import ClipFrame
 from kestrel.ondemand.lanes import Lane, LaneFull, LaneQueues, Queued
 from kestrel.ondemand.run import RequestRun
 from kestrel.ondemand.tracks import follow
-from kestrel.schemas.analysis import AnalysisRequest, AnyEvent
+from kestrel.schemas.analysis import AnalysisRequest, AnyEvent, Finding, FrameResult
 from kestrel.schemas.camera import CameraConfig, Detection
 
 log = logging.getLogger(__name__)
@@ -235,12 +235,7 @@ class RequestDesk:
         emit(run.update("context", 0.0, "zones" if camera else "no camera"), None)
         findings = run.find(detections, camera, score_threshold)
         emit(run.update("context", 1.0, f"{len(findings)} findings"), None)
-        emit(run.update("generation", 0.0), None)
-        for finding in findings:
-            if self.stopped(item):
-                return
-            emit(run.token(finding), None)
-        self._validate(item, size, model)
+        self._generate(item, findings, size, model)
 
     def _finish_frame(
         self,
@@ -263,15 +258,23 @@ class RequestDesk:
         frames = [run.detected[i] for i in range(total)]
         results, run.tracks = follow(frames, camera, score_threshold, run.request.max_items)
         emit(run.update("context", 1.0, f"{len(run.tracks)} tracks"), None)
+        self._generate(item, results, size, model)
+
+    def _generate(
+        self,
+        item: Item,
+        tokens: Sequence[Finding | FrameResult],
+        size: tuple[int, int],
+        model: str,
+    ) -> None:
+        """One token each (an image's findings, a clip's frames), then the validated
+        result; a cancel or the deadline is checked before each."""
+        run, emit = item.run, self.emit
         emit(run.update("generation", 0.0), None)
-        for result in results:
+        for token in tokens:
             if self.stopped(item):
                 return
-            emit(run.token(result), None)
-        self._validate(item, size, model)
-
-    def _validate(self, item: Item, size: tuple[int, int], model: str) -> None:
-        run, emit = item.run, self.emit
+            emit(run.token(token), None)
         if self.stopped(item):
             return
         emit(run.update("validation", 0.0), None)
