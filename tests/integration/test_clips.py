@@ -13,7 +13,6 @@ import math
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -23,32 +22,14 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from kestrel.broker import LocalKafka
 from kestrel.camera.synthetic import SyntheticScene
 from kestrel.settings import Settings
-from kestrel.topics import ensure_topics
-from tests.conftest import settings_for
 from tests.integration.test_ondemand import end_offsets, events_of, follow, submit
 from tests.kafka_helpers import FaustWorker
 from tests.web.test_protocol import Server, hello, receive
 from web.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-@pytest.fixture(scope="module")
-def pipeline(
-    kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Settings, FaustWorker]]:
-    tmp = tmp_path_factory.mktemp("clips")
-    settings = settings_for(kafka, tmp)
-    ensure_topics(settings)
-    inference = FaustWorker(settings, tmp / "inference.log", app="faust_app:inference")
-    try:
-        inference.start(ready_timeout_s=90)
-        yield settings, inference
-    finally:
-        inference.stop()
 
 
 def street_clip(seconds: float, fps: float = 10.0, noise: bool = False) -> bytes:
@@ -70,9 +51,9 @@ def street_clip(seconds: float, fps: float = 10.0, noise: bool = False) -> bytes
 
 
 def test_a_kafka_client_submits_a_clip_and_gets_each_frame_tracked(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
-    settings, _ = pipeline
+    settings, _ = analysis_worker
     request_id = f"clip-{uuid.uuid4().hex[:8]}"
     value = orjson.dumps(
         {
@@ -114,9 +95,9 @@ def test_a_kafka_client_submits_a_clip_and_gets_each_frame_tracked(
 
 @pytest.mark.asyncio
 async def test_a_staged_clip_generated_over_the_websocket_is_cancelled_midway(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
-    settings, _ = pipeline
+    settings, _ = analysis_worker
     server = Server(create_app(settings))
     server.start()
     base = f"http://127.0.0.1:{server.port}"
@@ -176,10 +157,10 @@ async def test_a_staged_clip_generated_over_the_websocket_is_cancelled_midway(
 
 @pytest.mark.asyncio
 async def test_a_clip_of_megabytes_goes_through_the_api_and_kafka_at_urgent_priority(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
     """A record of megabytes on the request topic (past aiokafka's 1 MB fetch default)."""
-    settings, _ = pipeline
+    settings, _ = analysis_worker
     server = Server(create_app(settings))
     server.start()
     base = f"http://127.0.0.1:{server.port}"
@@ -207,9 +188,9 @@ async def test_a_clip_of_megabytes_goes_through_the_api_and_kafka_at_urgent_prio
 
 @pytest.mark.asyncio
 async def test_bad_clips_get_a_clear_4xx_and_leave_nothing_behind(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
-    settings, _ = pipeline
+    settings, _ = analysis_worker
     strict = settings.model_copy(update={"clip_max_s": 2.0, "clip_max_bytes": 500_000})
     server = Server(create_app(strict))
     server.start()

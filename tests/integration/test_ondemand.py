@@ -12,7 +12,6 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 SCHEMA = json.loads((REPO / "kestrel" / "schemas" / "analysis_event.json").read_text())
 FINAL = {"complete", "cancelled"}
-
-
-@pytest.fixture(scope="module")
-def pipeline(
-    kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Settings, FaustWorker]]:
-    """One inference worker for the module's tests (each uses its own request ids)."""
-    tmp = tmp_path_factory.mktemp("ondemand")
-    settings = settings_for(kafka, tmp)
-    ensure_topics(settings)
-    inference = FaustWorker(settings, tmp / "inference.log", app="faust_app:inference")
-    try:
-        inference.start(ready_timeout_s=90)
-        yield settings, inference
-    finally:
-        inference.stop()
 
 
 def street_jpeg() -> bytes:
@@ -106,9 +89,9 @@ def events_of(settings: Settings, ids: set[str]) -> dict[str, list[dict[str, Any
 
 
 def test_a_kafka_client_submits_an_image_and_reads_its_phases_tokens_and_summary(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
-    worker, _ = pipeline
+    worker, _ = analysis_worker
     request_id = f"direct-{uuid.uuid4().hex[:8]}"
     submit(worker, "urgent", request(request_id, "urgent", max_items=20), request_id)
     events = events_of(worker, {request_id})[request_id]
@@ -134,9 +117,9 @@ def test_a_kafka_client_submits_an_image_and_reads_its_phases_tokens_and_summary
 
 
 def test_a_cancel_a_late_request_and_a_malformed_one_each_end_clearly(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
-    worker, inference = pipeline
+    worker, inference = analysis_worker
     suffix = uuid.uuid4().hex[:8]
     cancelled, late, garbage = f"cancel-{suffix}", f"late-{suffix}", f"garbage-{suffix}"
     producer = Producer({"bootstrap.servers": worker.bootstrap_servers})
@@ -194,9 +177,9 @@ async def follow(ws: ClientConnection, channel: str) -> list[dict[str, Any]]:
 
 @pytest.mark.asyncio
 async def test_an_upload_streams_its_phases_and_tokens_to_a_websocket_and_survives_a_restart(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
-    settings, _ = pipeline
+    settings, _ = analysis_worker
     server = Server(create_app(settings))
     server.start()
     base = f"http://127.0.0.1:{server.port}"
@@ -253,9 +236,9 @@ async def test_an_upload_streams_its_phases_and_tokens_to_a_websocket_and_surviv
 
 @pytest.mark.asyncio
 async def test_bad_uploads_get_a_clear_4xx_and_leave_nothing_behind(
-    pipeline: tuple[Settings, FaustWorker], tmp_path: Path
+    analysis_worker: tuple[Settings, FaustWorker], tmp_path: Path
 ) -> None:
-    settings, _ = pipeline
+    settings, _ = analysis_worker
     small = settings.model_copy(update={"upload_max_bytes": 50_000})
     server = Server(create_app(small))
     server.start()
@@ -305,10 +288,10 @@ def end_offsets(settings: Settings, topic: str) -> list[int]:
 
 @pytest.mark.asyncio
 async def test_a_request_cancelled_while_no_worker_runs_ends_cancelled_and_never_runs(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
     """DELETE while the worker is down; it reads the cancels before any request."""
-    settings, inference = pipeline
+    settings, inference = analysis_worker
     server = Server(create_app(settings))
     server.start()
     base = f"http://127.0.0.1:{server.port}"
@@ -338,9 +321,9 @@ async def test_a_request_cancelled_while_no_worker_runs_ends_cancelled_and_never
 
 @pytest.mark.asyncio
 async def test_generate_and_cancel_over_the_websocket(
-    pipeline: tuple[Settings, FaustWorker],
+    analysis_worker: tuple[Settings, FaustWorker],
 ) -> None:
-    settings, _ = pipeline
+    settings, _ = analysis_worker
     server = Server(create_app(settings))
     server.start()
     image, _ = SyntheticScene(2).render(1.0)
