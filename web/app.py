@@ -39,8 +39,9 @@ from kestrel.topics import ANALYSIS_EVENTS, METRICS_UI
 from web.access import AUTHENTICATED, Access, AccessMiddleware
 from web.analyze import Analyze, parse_submission
 from web.backpressure import MAX_HZ
+from web.deadlines import ClientStalled
 from web.feed import HotCacheFeed
-from web.hub import Client, ClientStalled, Hub
+from web.hub import Client, Hub
 from web.live import LiveCache
 from web.protocol import (
     VERSION,
@@ -103,6 +104,7 @@ class Dashboard:
         self._tasks = [
             asyncio.create_task(self._flush_ux(), name="ux-flush"),
             asyncio.create_task(self._publish_system(), name="system-status"),
+            asyncio.create_task(self.hub.deadlines.run(), name="write-deadlines"),
         ]
 
     def _add_analysis_event(self, value: bytes) -> None:
@@ -134,17 +136,11 @@ class Dashboard:
     # WebSocket ---------------------------------------------------------------------------
     async def websocket(self, websocket: WebSocket) -> None:
         await websocket.accept()
-        stall_s = self.settings.web_stall_s
 
         async def send(raw: bytes) -> None:
             # Every write has the same deadline: a client that takes nothing for
-            # stall_s costs no more than that (ClientStalled ends its connection).
-            # (asyncio.timeout, not wait_for: no task per message.)
-            try:
-                async with asyncio.timeout(stall_s):
-                    await websocket.send_text(raw.decode())
-            except TimeoutError:
-                raise ClientStalled(f"took no data for {stall_s:g} s") from None
+            # web_stall_s costs no more than that (ClientStalled ends its connection).
+            await self.hub.deadlines.write(websocket.send_text(raw.decode()))
 
         async def close(code: int, reason: str) -> None:
             # Not cut short: on a stalled socket the close frame cannot go out, and the
@@ -343,15 +339,10 @@ class Dashboard:
         except ProtocolError as exc:
             return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
-        stall_s = self.settings.web_stall_s
         stalled = asyncio.Event()
 
         async def send(raw: bytes) -> None:
-            try:
-                async with asyncio.timeout(stall_s):
-                    await queue.put(raw)
-            except TimeoutError:
-                raise ClientStalled(f"took no data for {stall_s:g} s") from None
+            await self.hub.deadlines.write(queue.put(raw))
 
         async def close(code: int, reason: str) -> None:
             stalled.set()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from web.backpressure import ClientBuffer, State
+from web.deadlines import ClientStalled, WriteDeadlines
 from web.protocol import server_message
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ STALLED = 4009
 SHED_REPORT_S = 1.0  # sheds without a change of state are told at most this often
 Send = Callable[[bytes], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
-
-
-class ClientStalled(Exception):
-    """A client took no data within the server's deadline; its connection ends."""
 
 
 async def _no_close(code: int, reason: str) -> None:
@@ -83,6 +80,7 @@ class Hub:
         self.max_clients = max_clients
         self.per_client_bytes = total_buffer_bytes // max_clients
         self.stall_s = stall_s
+        self.deadlines = WriteDeadlines(stall_s)  # its sweeper runs from Dashboard.start
         self.clients: dict[str, Client] = {}
         self.published = 0
         self.stalled = 0
