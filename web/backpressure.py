@@ -50,6 +50,9 @@ class State(StrEnum):
 CORE_CHANNELS = ("alerts", "cameras", "camera:", "system", "analysis:")
 
 
+NORMAL_UNTIL = 0.80  # a normal buffer stays normal up to this fill
+
+
 def next_state(state: State, fill: float) -> State:
     """The machine's transition for a buffer ``fill`` (0..1) in ``state``."""
     if fill >= 1.0:
@@ -60,7 +63,7 @@ def next_state(state: State, fill: float) -> State:
         return State.PRESSURE if fill < 0.90 else state
     if state is State.PRESSURE:
         return State.NORMAL if fill < 0.50 else State.PRESSURE
-    return State.PRESSURE if fill > 0.80 else State.NORMAL
+    return State.PRESSURE if fill > NORMAL_UNTIL else State.NORMAL
 
 
 def settle(state: State, fill: float) -> State:
@@ -122,7 +125,7 @@ class KeyPacer:
         self._pruned_at = now
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     channel: str
     key: str
@@ -148,12 +151,18 @@ class ClientBuffer:
         return self.size / self.capacity
 
     def offer(self, channel: str, key: str, payload: bytes) -> bool:
-        """Queue an update (replacing the same key's); False if the state shed it."""
-        if self.state is State.DROP and channel != "alerts":
+        """Queue an update (replacing the same key's); False if the state shed it.
+
+        Called once per subscribed client for every update: the common case (a
+        normal buffer, the key's previous value still waiting or sent) stays short.
+        """
+        state = self.state
+        if state is State.DROP and channel != "alerts":
             return self._shed(channel)
-        if self.state is State.CRITICAL and not is_core(channel):
+        if state is State.CRITICAL and not is_core(channel):
             return self._shed(channel)
-        old = self.items.pop((channel, key), None)
+        slot = (channel, key)
+        old = self.items.pop(slot, None)
         if old is not None:
             self.size -= len(old.payload)
             self.coalesced += 1
@@ -163,9 +172,14 @@ class ClientBuffer:
             if self.size + len(payload) > self.capacity:
                 self.state = next_state(self.state, 1.0)
                 return self._shed(channel)
-        self.items[(channel, key)] = Pending(channel, key, payload)
+        if old is None:
+            self.items[slot] = Pending(channel, key, payload)
+        else:  # the same slot, now the newest
+            old.payload = payload
+            self.items[slot] = old
         self.size += len(payload)
-        self.state = settle(self.state, self.fill)
+        if state is not State.NORMAL or self.size > NORMAL_UNTIL * self.capacity:
+            self.state = settle(state, self.fill)  # else: normal stays normal
         return True
 
     def offer_backfill(self, channel: str, key: str, payload: bytes) -> bool:
