@@ -367,6 +367,9 @@ def summarise(
             / base["channels"][metrics]["rate_hz_median"]
             - 1,
             "hostile": orjson.loads(clients["hostile"].item()),
+            "hostile_process_cpu_percent": float(
+                np.mean([r["cpu_percent"] for r in orjson.loads(clients["hostile"].item())])
+            ),
         }
     return {
         "machine": {"platform": platform.platform(), "cpus": psutil.cpu_count()},
@@ -425,7 +428,8 @@ def print_table(result: dict[str, Any], n: int) -> None:
         totals: dict[str, int] = {}
         for report in result["hostile"]:
             for key, value in report.items():
-                totals[key] = totals.get(key, 0) + value
+                if key != "cpu_percent":
+                    totals[key] = totals.get(key, 0) + value
         worst = max(
             result["hostile_p50_change"],
             result["hostile_p99_change"],
@@ -435,7 +439,8 @@ def print_table(result: dict[str, Any], n: int) -> None:
             f"hostile phase: the well-behaved clients' p50 moved by "
             f"{result['hostile_p50_change']:+.1%}, p99 by {result['hostile_p99_change']:+.1%} "
             f"(p99 per round {rounds_h}), their rate by {result['hostile_rate_change']:+.1%} "
-            f"(target: each at most 10 % worse: {'met' if worst <= 0.10 else 'not met'}). "
+            f"(target: each at most 10 % worse: {'met' if worst <= 0.10 else 'not met'}); "
+            f"the hostile process's own CPU {result['hostile_process_cpu_percent']:.0f} %. "
             "What the hostile clients did and got: "
             + ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))
         )
