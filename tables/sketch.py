@@ -24,7 +24,10 @@ buckets a sign (values from 1e-9 to 1e300).
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,7 @@ GAMMA = (1 + ALPHA) / (1 - ALPHA)
 LOG_GAMMA = math.log(GAMMA)
 MIN_INDEXABLE = 1e-9
 MAX_BUCKETS = 2048
+PENDING_KEYS = 8192  # keys a sketch holds uncounted at most (see DDSketch)
 
 
 def _bucket_counts(magnitudes: npt.NDArray[np.float64]) -> dict[int, int]:
@@ -43,9 +47,16 @@ def _bucket_counts(magnitudes: npt.NDArray[np.float64]) -> dict[int, int]:
     return dict(zip(unique.tolist(), counts.tolist(), strict=True))
 
 
-def _add_into(target: dict[int, int], source: dict[int, int]) -> None:
-    for key, count in source.items():
-        target[key] = target.get(key, 0) + count
+def _add_into(target: Counter[int], source: dict[int, int]) -> None:
+    target.update(source)
+    if len(target) > MAX_BUCKETS:
+        _collapse_lowest(target)
+
+
+def _add_keys(target: Counter[int], keys: list[int]) -> None:
+    if not keys:
+        return
+    target.update(keys)  # one count per key, counted in C
     if len(target) > MAX_BUCKETS:
         _collapse_lowest(target)
 
@@ -58,15 +69,41 @@ def _collapse_lowest(store: dict[int, int]) -> None:
 
 
 class DDSketch:
-    """Counts of values in relative-width buckets; see the module docstring."""
+    """Counts of values in relative-width buckets; see the module docstring.
 
-    __slots__ = ("count", "negative", "positive", "zero")
+    Keys added by :meth:`merge_keys` wait in a list and are counted, all at once and in
+    C, when the buckets are next read (or once ``PENDING_KEYS`` wait): a window's
+    sketch takes a batch's keys many times a second, and is read once a commit.
+    """
+
+    __slots__ = ("_negative", "_pending", "_pending_keys", "_positive", "count", "zero")
 
     def __init__(self) -> None:
-        self.positive: dict[int, int] = {}
-        self.negative: dict[int, int] = {}
+        self._positive: Counter[int] = Counter()
+        self._negative: Counter[int] = Counter()
+        self._pending: list[tuple[list[int], list[int]]] = []
+        self._pending_keys = 0
         self.zero = 0
         self.count = 0
+
+    @property
+    def positive(self) -> Counter[int]:
+        """Bucket key to count of the positive values."""
+        if self._pending:
+            self._settle()
+        return self._positive
+
+    @property
+    def negative(self) -> Counter[int]:
+        """Bucket key to count of the negative values (keys of their magnitudes)."""
+        if self._pending:
+            self._settle()
+        return self._negative
+
+    def _settle(self) -> None:
+        pending, self._pending, self._pending_keys = self._pending, [], 0
+        _add_keys(self._positive, [k for positive, _ in pending for k in positive])
+        _add_keys(self._negative, [k for _, negative in pending for k in negative])
 
     def add_many(self, values: npt.NDArray[np.float64]) -> None:
         """Add finite values (NaNs must be removed by the caller)."""
@@ -83,14 +120,16 @@ class DDSketch:
         if negative.size:
             _add_into(self.negative, _bucket_counts(negative))
 
-    def merge_counts(
-        self, positive: dict[int, int], negative: dict[int, int], zero: int, count: int
-    ) -> None:
-        """Add bucket counts computed elsewhere (see :func:`bucket_keys`)."""
-        _add_into(self.positive, positive)
-        _add_into(self.negative, negative)
+    def merge_keys(self, positive: list[int], negative: list[int], zero: int) -> None:
+        """Add values by their bucket keys, one key per value (see tables.samples)."""
+        added = len(positive) + len(negative)
+        if added:
+            self._pending.append((positive, negative))
+            self._pending_keys += added
+            if self._pending_keys > PENDING_KEYS:
+                self._settle()
         self.zero += zero
-        self.count += count
+        self.count += added + zero
 
     def merge(self, other: DDSketch) -> None:
         _add_into(self.positive, other.positive)
@@ -103,36 +142,32 @@ class DDSketch:
         return self.quantiles((q,))[0]
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
-        """:meth:`quantile` of each of ``qs``, from one ordered walk over the buckets."""
+        """:meth:`quantile` of each of ``qs``, from one ordered pass over the buckets.
+
+        The value at rank ``q * (count - 1)`` is that of the first bucket, in ascending
+        order of value (most negative first, then zero, then positive), whose running
+        count exceeds the rank.
+        """
         if self.count == 0:
             return [None] * len(qs)
-        order = sorted(range(len(qs)), key=lambda i: qs[i])
-        ranks = [qs[i] * (self.count - 1) for i in order]
-        found: list[float | None] = [None] * len(qs)
-        n, seen = 0, 0  # quantiles found; the count below the walk's position
-        # Ascending order: most negative first (largest magnitude), then zero, then
-        # positive; the walk stops at the highest rank asked for.
-        for key in sorted(self.negative, reverse=True):
-            seen += self.negative[key]
-            while n < len(ranks) and seen > ranks[n]:
-                found[order[n]] = -_value(key)
-                n += 1
-            if n == len(ranks):
-                return found
-        seen += self.zero
-        while n < len(ranks) and seen > ranks[n]:
-            found[order[n]] = 0.0
-            n += 1
-        for key in sorted(self.positive):
-            if n == len(ranks):
-                return found
-            seen += self.positive[key]
-            while n < len(ranks) and seen > ranks[n]:
-                found[order[n]] = _value(key)
-                n += 1
-        top = _value(max(self.positive)) if self.positive else 0.0
-        for i in order[n:]:
-            found[i] = top
+        negative, positive = self.negative, self.positive
+        low = sorted(negative, reverse=True)  # largest magnitude: lowest value
+        high = sorted(positive)
+        counts = [negative[k] for k in low]
+        counts.append(self.zero)
+        counts += [positive[k] for k in high]
+        running = list(accumulate(counts))
+        found: list[float | None] = []
+        for q in qs:
+            i = bisect_right(running, q * (self.count - 1))
+            if i < len(low):
+                found.append(-_value(low[i]))
+            elif i == len(low):
+                found.append(0.0)
+            elif i - len(low) - 1 < len(high):
+                found.append(_value(high[i - len(low) - 1]))
+            else:  # past every count (rounding of the rank): the top bucket
+                found.append(_value(high[-1]) if high else 0.0)
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -146,8 +181,8 @@ class DDSketch:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DDSketch:
         sketch = cls()
-        sketch.positive = {int(k): int(c) for k, c in _pairs(data["p"])}
-        sketch.negative = {int(k): int(c) for k, c in _pairs(data["n"])}
+        sketch._positive = Counter({int(k): int(c) for k, c in _pairs(data["p"])})
+        sketch._negative = Counter({int(k): int(c) for k, c in _pairs(data["n"])})
         for store in (sketch.positive, sketch.negative):  # a changelog from before the bound
             if len(store) > MAX_BUCKETS:
                 _collapse_lowest(store)
@@ -175,23 +210,6 @@ def bucket_keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
 #: Added to every bucket key so that none is 0: ``log(MIN_INDEXABLE) / LOG_GAMMA`` is
 #: about -1036, and keys of larger magnitudes are greater.
 KEY_SHIFT = 2048
-
-
-def split_keys(keys: list[int]) -> tuple[dict[int, int], dict[int, int], int]:
-    """Bucket counts per sign and the zero count, from :func:`bucket_keys` output."""
-    positive: dict[int, int] = {}
-    negative: dict[int, int] = {}
-    zero = 0
-    for key in keys:
-        if key > 0:
-            k = key - KEY_SHIFT
-            positive[k] = positive.get(k, 0) + 1
-        elif key < 0:
-            k = -key - KEY_SHIFT
-            negative[k] = negative.get(k, 0) + 1
-        else:
-            zero += 1
-    return positive, negative, zero
 
 
 def _pairs(buckets: dict[Any, int] | list[tuple[int, int]]) -> Any:

@@ -10,6 +10,13 @@ Pure logic, no Kafka: :mod:`tables.metric_windows` persists it and
 * A sample whose window has closed is **late**: it is not counted, it is reported (per
   window size, as Kafka Streams drops per aggregation) for the late-events topic.
 
+Messages are applied in batches (:meth:`PartitionWindows.stage`, then
+:meth:`PartitionWindows.apply_staged`) with exactly the result of applying them one by
+one: each message's lateness is judged by the stream time before it, and its samples
+join their windows in one vectorised pass over the whole batch (:mod:`tables.samples`):
+the entries of every field, source and smallest window form one group, whose
+statistics go into the window of each size that holds it.
+
 Every function here is total over finite input: any finite values (subnormals and
 ±1e308 included), any timestamps, empty batches. Replays are not this module's
 business: the state protocol (:mod:`kestrel.state`) never applies a message twice.
@@ -17,6 +24,7 @@ business: the state protocol (:mod:`kestrel.state`) never applies a message twic
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,13 +32,22 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from kestrel.schemas import MetricEnvelope
-from tables.sketch import DDSketch, bucket_keys, split_keys
+from tables.samples import FloatArray, Group, Groups, IntArray, SampleBatch, reduce_groups
+from tables.sketch import DDSketch
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClosedWindow",
+    "LateSamples",
+    "PartitionWindows",
+    "SampleBatch",
+    "WindowKey",
+    "WindowSpec",
+    "WindowState",
+    "default_specs",
+]
 
 
 @dataclass(frozen=True)
@@ -51,87 +68,6 @@ def default_specs(grace_ms: int) -> tuple[WindowSpec, ...]:
     )
 
 
-@dataclass
-class SampleBatch:
-    """The samples of one message: one source, rows of timestamps, columns of fields.
-
-    ``fields`` maps a field name to a float array as long as ``timestamps``; NaN marks
-    a sample in which that field was null (unknown, not counted).
-    """
-
-    source: str
-    timestamps: IntArray
-    fields: dict[str, FloatArray]
-
-    @classmethod
-    def from_envelope(cls, envelope: MetricEnvelope) -> SampleBatch:
-        """Columns of the envelope's samples, or its single ``data`` sample."""
-        if envelope.samples is None:
-            timestamps = [envelope.timestamp]
-            columns = {name: [value] for name, value in envelope.data.items()}
-        else:
-            timestamps = envelope.samples.timestamp
-            columns = envelope.samples.data
-        return cls(
-            envelope.source,
-            np.asarray(timestamps, dtype=np.int64),
-            # None becomes NaN in a float64 array.
-            {name: np.asarray(column, dtype=np.float64) for name, column in columns.items()},
-        )
-
-    @property
-    def values(self) -> int:
-        """How many non-null values (samples of one field) the batch carries."""
-        return sum(int(np.count_nonzero(~np.isnan(v))) for v in self.fields.values())
-
-
-@dataclass
-class RowStats:
-    """count, sum, min, max, last and sketch buckets of each field over some rows.
-
-    Computed once per message (numpy over all fields at once) and merged into each
-    window size the rows fall in: a message's rows usually share their 1 s, 10 s and
-    5 min windows, so the work is not repeated three times.
-    """
-
-    counts: list[int]
-    sums: list[float]
-    mins: list[float]
-    maxs: list[float]
-    lasts: list[float]
-    last_ts: list[int]
-    buckets: list[tuple[dict[int, int], dict[int, int], int]]
-
-    @classmethod
-    def of(cls, values: FloatArray, timestamps: IntArray) -> RowStats:
-        """Statistics of ``values`` (fields x rows, NaN = null) at ``timestamps``."""
-        known = ~np.isnan(values)
-        rows = values.shape[1]
-        with np.errstate(invalid="ignore", over="ignore"):
-            mins = np.fmin.reduce(values, axis=1)
-            maxs = np.fmax.reduce(values, axis=1)
-            # Sums of huge values overflow to ±inf (or inf - inf = nan): IEEE, not an
-            # error. Validation keeps real inputs far from it (kestrel.schemas).
-            sums = np.where(known, values, 0.0).sum(axis=1)
-        # Rows are in timestamp order: the last known value of a field is its latest.
-        last_index = rows - 1 - np.argmax(known[:, ::-1], axis=1)
-        fields = np.arange(values.shape[0])
-        keys = bucket_keys(np.where(known, values, 0.0)).tolist()
-        known_rows = known.tolist()
-        return cls(
-            counts=known.sum(axis=1).tolist(),
-            sums=sums.tolist(),
-            mins=mins.tolist(),
-            maxs=maxs.tolist(),
-            lasts=values[fields, last_index].tolist(),
-            last_ts=timestamps[last_index].tolist(),
-            buckets=[
-                split_keys([k for k, ok in zip(field_keys, ok_row, strict=True) if ok])
-                for field_keys, ok_row in zip(keys, known_rows, strict=True)
-            ],
-        )
-
-
 class WindowState:
     """The running statistics of one field of one source in one window."""
 
@@ -149,28 +85,32 @@ class WindowState:
     def add(self, values: FloatArray, timestamps: IntArray) -> None:
         """Add one field's values (NaN: null) at their timestamps, in any order.
 
-        The same computation as the stream's path (:class:`RowStats`, then
-        :meth:`merge`), so there is one definition of every statistic.
+        The same computation as the stream's path (:func:`tables.samples.reduce_groups`,
+        then :meth:`merge`), so there is one definition of every statistic.
         """
         if values.size == 0:
             return
         order = np.argsort(timestamps, kind="stable")
-        self.merge(RowStats.of(values[order][np.newaxis, :], timestamps[order]), 0)
+        self.merge(reduce_groups(values[order], timestamps[order], np.zeros(1, np.int64)), 0)
 
-    def merge(self, stats: RowStats, i: int) -> None:
-        """Add field ``i`` of a message's precomputed statistics (one window's rows)."""
-        count = stats.counts[i]
-        if count == 0:
-            return
+    def merge(self, groups: Groups, g: int) -> None:
+        """Add group ``g`` of a batch's statistics (entries of this field in this window)."""
+        if groups.counts[g]:
+            self.merge_group(groups.group(g))
+
+    def merge_group(self, group: Group) -> None:
+        """Add one group's statistics (:meth:`tables.samples.Groups.group`)."""
+        count, total, low, high, last, last_ts, positive, negative, zero = group
         self.count += count
-        self.total += stats.sums[i]
-        self.minimum = min(self.minimum, stats.mins[i])
-        self.maximum = max(self.maximum, stats.maxs[i])
-        if stats.last_ts[i] >= self.last_ts:
-            self.last_ts = stats.last_ts[i]
-            self.last = stats.lasts[i]
-        positive, negative, zero = stats.buckets[i]
-        self.sketch.merge_counts(positive, negative, zero, count)
+        self.total += total
+        if low < self.minimum:
+            self.minimum = low
+        if high > self.maximum:
+            self.maximum = high
+        if last_ts >= self.last_ts:
+            self.last_ts = last_ts
+            self.last = last
+        self.sketch.merge_keys(positive, negative, zero)
 
     def quantile(self, q: float) -> float | None:
         """The sketch's quantile, never outside [min, max] (which the sketch may round past)."""
@@ -269,11 +209,20 @@ class ClosedWindow:
 
 #: A source's open windows: (window size name, start) -> field -> state.
 SourceWindows = dict[tuple[str, int], dict[str, WindowState]]
+#: A batch's groups: their statistics, codes (pair x lateness), smallest-window starts,
+#: and the (source, field) pairs the codes number.
+Grouped = tuple[Groups, list[int], list[int], list[tuple[str, str]]]
+NOTHING: Grouped = (Groups([], [], [], [], [], [], [], [0], [], [0]), [], [], [])
 
 
 @dataclass
 class PartitionWindows:
-    """Every open window of one input partition, by source, and its stream time."""
+    """Every open window of one input partition, by source, and its stream time.
+
+    Window sizes must nest (each a multiple of the next smaller, with a grace at least
+    as long), as the digest's 1 s / 10 s / 5 min do: then a sample late for a window
+    is late for every smaller one, and one group per smallest window serves them all.
+    """
 
     partition: int
     specs: tuple[WindowSpec, ...]
@@ -282,71 +231,245 @@ class PartitionWindows:
     #: Sources whose windows changed since :meth:`take_dirty` last ran.
     dirty: set[str] = field(default_factory=set)
     late_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    #: Messages staged for the next :meth:`apply_staged`, and what they will open.
+    _staged: list[SampleBatch] = field(default_factory=list)
+    _staged_time_ms: int = -(2**63)
+    _reserved: dict[str, set[str]] = field(default_factory=dict)
+    _reserved_new: int = 0  # reserved sources that have no window yet
+    #: (source, field) -> the smallest window's start and the states of every size that
+    #: hold it: most groups of a batch go where the last one of their field went.
+    _current: dict[tuple[str, str], tuple[int, list[WindowState]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_size = tuple(sorted(self.specs, key=lambda spec: spec.size_ms))
+        for small, large in pairwise(self._by_size):
+            if large.size_ms % small.size_ms or large.grace_ms < small.grace_ms:
+                raise ValueError(
+                    f"window {large.name} does not nest {small.name}: its size must be a "
+                    "multiple and its grace at least as long"
+                )
 
     def over_capacity(self, batch: SampleBatch, max_sources: int, max_fields: int) -> str | None:
         """Why ``batch`` would take state past its bounds (a reason), or None if it fits.
 
         Sources and field names are the producer's choice, so the state they create
         is capped: ``max_sources`` sources with open windows, ``max_fields`` fields per
-        source (every field of a source is in its longest open windows).
+        source (every field of a source is in its longest open windows). Messages
+        staged but not yet applied count as applied.
         """
         windows = self.sources.get(batch.source)
+        reserved = self._reserved.get(batch.source)
+        known: set[str] = set() if reserved is None else set(reserved)
         if windows is None:
-            if len(self.sources) >= max_sources:
-                return f"too_many_sources: {len(self.sources)} have open windows here"
-            known: set[str] = set()
+            if reserved is None and len(self.sources) + self._reserved_new >= max_sources:
+                opened = len(self.sources) + self._reserved_new
+                return f"too_many_sources: {opened} have open windows here"
         else:
-            longest = max(self.specs, key=lambda spec: spec.size_ms).name
-            known = set().union(*(s for (w, _), s in windows.items() if w == longest))
-        if len(known.union(batch.fields)) > max_fields:
+            longest = self._by_size[-1].name
+            known = known.union(*(s for (w, _), s in windows.items() if w == longest))
+        if len(known.union(batch.names)) > max_fields:
             return f"too_many_fields: {batch.source} would have more than {max_fields}"
         return None
 
     def apply(self, batch: SampleBatch) -> list[LateSamples]:
         """Add one message's samples to their windows; return those that came late."""
+        self.stage(batch)
+        applied = self.apply_staged()[0]
+        if isinstance(applied, Exception):
+            raise applied
+        return applied
+
+    def stage(self, batch: SampleBatch) -> None:
+        """Queue a message for the next :meth:`apply_staged`, after those queued before."""
+        if not self._staged:
+            self._staged_time_ms = self.stream_time_ms
+        # Envelopes are validated in order; anything else is sorted here, since each
+        # window's rows must be in time order.
+        batch = batch.in_time_order()
         ts = batch.timestamps
-        if ts.size == 0:
-            return []
+        if ts.size:
+            newest = int(ts[-1])
+            # Does it open state? Only if its newest row is on time for the longest
+            # window (every smaller one closes before it).
+            longest = self._by_size[-1]
+            end = newest - newest % longest.size_ms + longest.size_ms
+            if batch.names and end + longest.grace_ms > self._staged_time_ms:
+                reserved = self._reserved.get(batch.source)
+                if reserved is None:
+                    reserved = self._reserved[batch.source] = set()
+                    self._reserved_new += batch.source not in self.sources
+                reserved.update(batch.names)
+            self._staged_time_ms = max(self._staged_time_ms, newest)
+        self._staged.append(batch)
+
+    def apply_staged(self) -> list[list[LateSamples] | Exception]:
+        """Apply the staged messages, in order; each one's late samples, in that order.
+
+        The result is that of applying each on its own, in turn: a message's lateness
+        is judged by the stream time before it. If the batch's arithmetic fails (a bug,
+        or memory), nothing has changed yet: each message is applied alone, and one that
+        fails again is reported by its exception in place of its late samples.
+        """
+        staged = self._staged
+        self._staged, self._reserved, self._reserved_new = [], {}, 0
+        finest = self._by_size[0]
+        befores: list[int] = []
+        lates: list[list[LateSamples] | Exception] = []
+        stream_time = self.stream_time_ms
+        some_late = False
+        for batch in staged:
+            befores.append(stream_time)
+            ts = batch.timestamps
+            if ts.size == 0:
+                lates.append([])
+                continue
+            oldest = int(ts[0])
+            if oldest - oldest % finest.size_ms + finest.size_ms + finest.grace_ms <= stream_time:
+                lates.append(self._lates(batch, stream_time))
+                some_late = True
+            else:
+                lates.append([])
+            stream_time = max(stream_time, int(ts[-1]))
+        try:
+            grouped = self._group(staged, befores, some_late)
+        except Exception:
+            log.exception(
+                "windows[%d]: a batch failed; applying its messages one by one", self.partition
+            )
+            for i, (batch, before) in enumerate(zip(staged, befores, strict=True)):
+                try:
+                    grouped = self._group([batch], [before], bool(lates[i]))
+                except Exception as exc:
+                    lates[i] = exc
+                else:
+                    self._merge(*grouped)
+        else:
+            self._merge(*grouped)
+        self.stream_time_ms = stream_time
+        return lates
+
+    def _group(self, staged: list[SampleBatch], befores: list[int], some_late: bool) -> Grouped:
+        """The statistics of every on-time sample of ``staged``, grouped; changes nothing.
+
+        ``befores``: the stream time before each message; ``some_late``: whether any
+        message has late rows (if none, no entry's lateness needs computing).
+        """
+        pairs: dict[tuple[str, str], int] = {}  # (source, field) -> its id in this batch
+        piece_pair: list[int] = []  # per (message, field) piece
+        piece_rows: list[int] = []
+        piece_ts_at: list[int] = []  # where its message's rows start in ``timestamps``
+        piece_before: list[int] = []
+        matrices: list[FloatArray] = []
+        timestamps: list[IntArray] = []
+        rows_so_far = 0
+        for batch, before in zip(staged, befores, strict=True):
+            rows = batch.timestamps.size
+            if not rows or not batch.names:
+                continue
+            for name in batch.names:
+                piece_pair.append(pairs.setdefault((batch.source, name), len(pairs)))
+            n = len(batch.names)
+            piece_rows += [rows] * n
+            piece_ts_at += [rows_so_far] * n
+            piece_before += [before] * n
+            matrices.append(batch.matrix.ravel())
+            timestamps.append(batch.timestamps)
+            rows_so_far += rows
+        if not matrices:
+            return NOTHING
+        values = np.concatenate(matrices)
+        lengths = np.asarray(piece_rows)
+        first = np.cumsum(lengths) - lengths  # each piece's first entry
+        ts = np.concatenate(timestamps)[
+            np.arange(values.size) - np.repeat(first - np.asarray(piece_ts_at), lengths)
+        ]
+        pair = np.repeat(np.asarray(piece_pair, dtype=np.int64), lengths)
+        # How many of the sizes (smallest first) each entry is late for; late for all:
+        # not counted anywhere (the message's late records say so).
+        specs = self._by_size
+        level = np.zeros(values.size, dtype=np.int64)
+        if some_late:
+            stream_time = np.repeat(np.asarray(piece_before, dtype=np.int64), lengths)
+            for spec in specs:
+                level += ts - ts % spec.size_ms + (spec.size_ms + spec.grace_ms) <= stream_time
+            on_time = level < len(specs)
+            if not on_time.all():
+                values, ts = values[on_time], ts[on_time]
+                pair, level = pair[on_time], level[on_time]
+                if not values.size:
+                    return NOTHING
+        code = pair * len(specs) + level
+        codes = len(pairs) * len(specs)
+        finest = specs[0].size_ms
+        # Stable: within a code, entries stay in arrival order (a radix sort when the
+        # codes fit 16 bits); that is time order unless a source's messages came out
+        # of order, and then a sort by time within each code puts it right.
+        order = np.argsort(code.astype(np.uint16 if codes <= 2**16 else np.int64), kind="stable")
+        code_s, ts_s = code[order], ts[order]
+        same = code_s[1:] == code_s[:-1]
+        if bool((same & (ts_s[1:] < ts_s[:-1])).any()):
+            order = np.lexsort((ts, code))
+            code_s, ts_s = code[order], ts[order]
+            same = code_s[1:] == code_s[:-1]
+        window = ts_s - ts_s % finest
+        starts = np.flatnonzero(np.concatenate(([True], ~same | (window[1:] != window[:-1]))))
+        groups = reduce_groups(values[order], ts_s, starts)
+        return groups, code_s[starts].tolist(), window[starts].tolist(), list(pairs)
+
+    def _merge(
+        self, groups: Groups, codes: list[int], starts: list[int], pairs: list[tuple[str, str]]
+    ) -> None:
+        """Merge each group into the window of each size it is on time for."""
+        specs = [(spec.name, spec.size_ms) for spec in self._by_size]
+        dirty = self.dirty
+        current = self._current
+        for g, (c, start) in enumerate(zip(codes, starts, strict=True)):
+            pair, level = divmod(c, len(specs))
+            key = pairs[pair]
+            cached = current.get(key) if level == 0 else None
+            if cached is not None and cached[0] == start:
+                states = cached[1]
+            else:
+                states = self._states(key, start, specs[level:])
+                if level == 0:
+                    current[key] = (start, states)
+            if groups.counts[g]:
+                group = groups.group(g)
+                for state in states:
+                    state.merge_group(group)
+            dirty.add(key[0])
+
+    def _states(
+        self, key: tuple[str, str], start: int, specs: list[tuple[str, int]]
+    ) -> list[WindowState]:
+        """The states of ``key``'s windows of ``specs`` that hold ``start``; made if new."""
+        source, name = key
+        windows = self.sources.get(source)
+        if windows is None:
+            windows = self.sources[source] = {}
+        found = []
+        for window, size in specs:
+            slot = (window, start - start % size)
+            states = windows.get(slot)
+            if states is None:
+                states = windows[slot] = {}
+            state = states.get(name)
+            if state is None:
+                state = states[name] = WindowState()
+            found.append(state)
+        return found
+
+    def _lates(self, batch: SampleBatch, stream_time: int) -> list[LateSamples]:
+        """The message's samples late for each size, by window (``stream_time``: before it)."""
+        ts = batch.timestamps
         late: list[LateSamples] = []
-        stream_time = self.stream_time_ms  # lateness is judged before this message
-        names = list(batch.fields)
-        values = (
-            np.vstack([batch.fields[name] for name in names])
-            if names
-            else np.empty((0, ts.size), dtype=np.float64)
-        )
-        if ts.size > 1 and bool((np.diff(ts) < 0).any()):
-            # Envelopes are validated in order; anything else is sorted here, since
-            # each window's rows must form one slice.
-            order = np.argsort(ts, kind="stable")
-            ts, values = ts[order], values[:, order]
-            batch = SampleBatch(batch.source, ts, {n: values[i] for i, n in enumerate(names)})
-        computed: dict[tuple[int, int], RowStats] = {}
         for spec in self.specs:
             starts = ts - ts % spec.size_ms
-            # Rows are in timestamp order, so each window's rows are one slice.
             cuts = np.flatnonzero(np.diff(starts)) + 1
-            bounds = [0, *cuts.tolist(), len(ts)]
-            for lo, hi in pairwise(bounds):
+            for lo, hi in pairwise([0, *cuts.tolist(), len(ts)]):
                 start = int(starts[lo])
                 if start + spec.size_ms + spec.grace_ms <= stream_time:
                     late.append(self._late(batch, spec, start, slice(lo, hi), stream_time))
-                    continue
-                if not names:
-                    continue
-                stats = computed.get((lo, hi))
-                if stats is None:
-                    stats = computed[(lo, hi)] = RowStats.of(values[:, lo:hi], ts[lo:hi])
-                states = self.sources.setdefault(batch.source, {}).setdefault(
-                    (spec.name, start), {}
-                )
-                for i, name in enumerate(names):
-                    state = states.get(name)
-                    if state is None:
-                        state = states[name] = WindowState()
-                    state.merge(stats, i)
-                self.dirty.add(batch.source)
-        self.stream_time_ms = max(stream_time, int(ts[-1]))
         return late
 
     def _late(
@@ -371,6 +494,7 @@ class PartitionWindows:
                 spec = sizes[window]
                 if start + spec.size_ms + spec.grace_ms > self.stream_time_ms:
                     continue
+                self._current.clear()  # it may hold the states closed here
                 for name, state in windows.pop((window, start)).items():
                     closed.append(
                         ClosedWindow(WindowKey(source, name, window, start), state, spec.size_ms)
@@ -412,6 +536,7 @@ class PartitionWindows:
 
     def restore_source(self, source: str, data: dict[str, Any]) -> None:
         """Put back a source's open windows read from the changelog."""
+        self._current.clear()
         windows: SourceWindows = {}
         for slot, states in data.items():
             window, start = slot.split("|")

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tables.windows import PartitionWindows, SampleBatch, WindowKey, WindowSpec, WindowState
+from tables.sketch import DDSketch
+from tables.windows import (
+    PartitionWindows,
+    SampleBatch,
+    WindowKey,
+    WindowSpec,
+    WindowState,
+    default_specs,
+)
 
 ONE_S = (WindowSpec("1s", 1_000, 500),)
 
@@ -217,3 +227,149 @@ def test_an_empty_batch_and_a_batch_of_nulls_change_nothing_but_stream_time() ->
     assert w.apply(batch("ui", [(5_000, None)])) == []
     assert w.stream_time_ms == 5_000
     assert all(s.count == 0 for s in w.open_windows().values())
+
+
+# --- Batches: applying many messages at once equals applying them one by one ----------
+
+small_values = st.one_of(st.integers(-1_000, 1_000).map(float), st.none())
+
+
+@st.composite
+def nearby_batches(draw: st.DrawFn) -> SampleBatch:
+    """Messages over a few windows, some late, some out of order, some with nulls."""
+    rows = draw(st.integers(min_value=0, max_value=8))
+    ts = draw(st.lists(st.integers(0, 40_000), min_size=rows, max_size=rows))
+    names = draw(st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True))
+    fields = {
+        name: np.array(
+            [
+                np.nan if v is None else v
+                for v in draw(st.lists(small_values, min_size=rows, max_size=rows))
+            ],
+            dtype=np.float64,
+        )
+        for name in names
+    }
+    return SampleBatch(
+        draw(st.sampled_from(["ui", "system", "model:m"])), np.array(ts, dtype=np.int64), fields
+    )
+
+
+def oracle(
+    specs: tuple[WindowSpec, ...], stream: list[SampleBatch]
+) -> tuple[
+    dict[tuple[str, str, str, int], list[tuple[int, int, float | None]]],
+    list[list[tuple[str, int, list[int]]]],
+]:
+    """Kafka Streams' semantics sample by sample: each window's (ts, arrival, value)
+    entries, and each message's late (window, start, timestamps)."""
+    windows: dict[tuple[str, str, str, int], list[tuple[int, int, float | None]]] = defaultdict(
+        list
+    )
+    lates: list[list[tuple[str, int, list[int]]]] = []
+    stream_time = -(2**63)
+    arrival = 0
+    for batch in stream:
+        order = sorted(range(batch.timestamps.size), key=lambda i: int(batch.timestamps[i]))
+        rows = [(int(batch.timestamps[i]), i) for i in order]
+        late: list[tuple[str, int, list[int]]] = []
+        for spec in specs:
+            by_start: dict[int, list[tuple[int, int]]] = {}
+            for t, i in rows:
+                by_start.setdefault(t - t % spec.size_ms, []).append((t, i))
+            for start, members in sorted(by_start.items()):
+                if start + spec.size_ms + spec.grace_ms <= stream_time:
+                    late.append((spec.name, start, [t for t, _ in members]))
+                    continue
+                for name, column in batch.fields.items():
+                    for t, i in members:
+                        value = float(column[i])
+                        windows[(batch.source, name, spec.name, start)].append(
+                            (t, arrival + i, None if math.isnan(value) else value)
+                        )
+        arrival += batch.timestamps.size
+        lates.append(late)
+        if rows:
+            stream_time = max(stream_time, rows[-1][0])
+    return windows, lates
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(nearby_batches(), max_size=12),
+    st.lists(st.booleans(), min_size=12, max_size=12),
+    st.sampled_from(
+        [default_specs(1_000), (WindowSpec("1s", 1_000, 0), WindowSpec("10s", 10_000, 500))]
+    ),
+)
+def test_staged_batches_give_exactly_what_one_message_at_a_time_gives(
+    stream: list[SampleBatch], cuts: list[bool], specs: tuple[WindowSpec, ...]
+) -> None:
+    w = PartitionWindows(0, specs)
+    lates: list[list[tuple[str, int, list[int]]]] = []
+    for i, b in enumerate(stream):
+        w.stage(b)
+        if cuts[i] or i == len(stream) - 1:
+            for applied in w.apply_staged():
+                assert not isinstance(applied, Exception)
+                lates.append([(s.window, s.window_start_ms, s.timestamps) for s in applied])
+    want_windows, want_lates = oracle(specs, stream)
+    assert lates == want_lates
+    got = w.open_windows()
+    assert {(k.source, k.field, k.window, k.start_ms) for k in got} == set(want_windows)
+    for key, state in got.items():
+        entries = want_windows[(key.source, key.field, key.window, key.start_ms)]
+        known = [(t, a, v) for t, a, v in entries if v is not None]
+        assert state.count == len(known)
+        if not known:
+            continue
+        numbers = [v for _, _, v in known]
+        assert (state.total, state.minimum, state.maximum) == (
+            sum(numbers),
+            min(numbers),
+            max(numbers),
+        )
+        assert state.last == max(known)[2], "the latest timestamp wins, ties the latest arrival"
+        exact = DDSketch()
+        exact.add_many(np.array(numbers))
+        assert state.sketch.to_json() == exact.to_json()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(nearby_batches(), max_size=12), st.integers(1, 3), st.integers(1, 3))
+def test_staged_batches_meet_the_caps_as_one_message_at_a_time_does(
+    stream: list[SampleBatch], max_sources: int, max_fields: int
+) -> None:
+    one, many = PartitionWindows(0, default_specs(1_000)), PartitionWindows(0, default_specs(1_000))
+    for b in stream:
+        decision = one.over_capacity(b, max_sources, max_fields)
+        assert many.over_capacity(b, max_sources, max_fields) == decision
+        if decision is None:
+            one.apply(b)
+            many.stage(b)
+    many.apply_staged()
+    assert {k: s.count for k, s in one.open_windows().items()} == {
+        k: s.count for k, s in many.open_windows().items()
+    }
+
+
+def test_a_batch_whose_arithmetic_fails_is_applied_message_by_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = PartitionWindows(0, ONE_S)
+    good, bad = batch("ui", [(100, 1.0)]), batch("system", [(200, 2.0)])
+    real = PartitionWindows._group
+
+    def fails_with_bad(self: PartitionWindows, staged: list[SampleBatch], *args: object) -> object:
+        if any(b.source == "system" for b in staged):
+            raise MemoryError("no room")
+        return real(self, staged, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PartitionWindows, "_group", fails_with_bad)
+    w.stage(good)
+    w.stage(bad)
+    applied = w.apply_staged()
+    assert applied[0] == [] and isinstance(applied[1], MemoryError)
+    state = w.window(WindowKey("ui", "x", "1s", 0))
+    assert state is not None and state.count == 1, "the good message counts once"
+    assert w.window(WindowKey("system", "x", "1s", 0)) is None
