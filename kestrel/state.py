@@ -242,9 +242,13 @@ class StateStore(Generic[M]):
         persist: Callable[[Task[M]], None],
         interval_s: float,
         deadletter: str,
+        group: str | None = None,
     ) -> None:
         self.settings = settings
         self.app_id = app_id
+        #: The consumer group that reads the inputs (whose offsets a restore checks):
+        #: the Faust app's, unless the stage reads its inputs itself (kestrel.reader).
+        self.group = group or app_id
         self.name = name
         self.changelog_spec = changelog
         self.changelog = changelog.name(settings)
@@ -341,37 +345,78 @@ class StateStore(Generic[M]):
         stage goes on. Either way the message counts as done, and is acked at the
         commit that makes its effects (or its dead letter) durable.
         """
-        task = await self.task_for(event)
-        if task is None:
-            self.stats["not_ours"] += 1
-            return
-        async with task.lock:
-            if task.closed:
-                return
-            if task.seen(event):
-                self.stats["replayed"] += 1
-                task.replayed += 1
-                task.done(event)
-                return
+
+        def apply_one(task: Task[M], events: list[Event]) -> list[InvalidMessage | None]:
             try:
-                apply(task, event)
-            except Fenced:
-                return
-            except InvalidMessage as exc:
-                error = exc
+                apply(task, events[0])
+            except (Fenced, InvalidMessage):
+                raise
             except Exception as exc:
                 log.exception(
                     "%s: processing a message failed; it goes to the dead letters", self.name
                 )
-                error = InvalidMessage("processing_error", f"{type(exc).__name__}: {exc}")
-            else:
-                task.done(event)
-                return
-            try:
-                self.dead_letter(task, event.message, error)
-            except Fenced:
-                return
-            task.done(event)
+                return [processing_error(exc)]
+            return [None]
+
+        await self.process_many([event], apply_one)
+
+    async def process_many(
+        self,
+        events: Sequence[Event],
+        apply: Callable[[Task[M], list[Event]], list[InvalidMessage | None]],
+    ) -> None:
+        """Apply a batch of messages under the protocol, each partition's under its lock.
+
+        The same rules as :meth:`process`, message by message: replays are skipped (a
+        message is a replay if an earlier one of the batch had its offset, too), and
+        ``apply`` gets the rest of each partition's messages in order and says, for each,
+        ``None`` or why it goes to the dead letters. If ``apply`` itself raises, every
+        message it was given goes to the dead letters with the exception.
+        """
+        by_partition: dict[int, list[Event]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        for batch in by_partition.values():
+            task = await self.task_for(batch[0])
+            if task is None:
+                self.stats["not_ours"] += len(batch)
+                continue
+            async with task.lock:
+                if task.closed:
+                    continue
+                fresh: list[Event] = []
+                for event in batch:
+                    generation = event.message.generation_id
+                    if generation is not None and generation < task.generation:
+                        self.stats["not_ours"] += 1  # its new owner processes it
+                    elif task.seen(event):
+                        self.stats["replayed"] += 1
+                        task.replayed += 1
+                        task.done(event)
+                    else:
+                        task.done(event)  # acked at the commit of what follows
+                        fresh.append(event)
+                if not fresh:
+                    continue
+                try:
+                    errors = apply(task, fresh)
+                except Fenced:
+                    continue
+                except InvalidMessage as exc:  # only from a single message's apply
+                    errors = [exc] * len(fresh)
+                except Exception as exc:
+                    log.exception(
+                        "%s: processing %d messages failed; they go to the dead letters",
+                        self.name,
+                        len(fresh),
+                    )
+                    errors = [processing_error(exc)] * len(fresh)
+                try:
+                    for event, error in zip(fresh, errors, strict=True):
+                        if error is not None:
+                            self.dead_letter(task, event.message, error)
+                except Fenced:
+                    continue
 
     def dead_letter(self, task: Task[M], message: Message, error: InvalidMessage) -> None:
         """Send a rejected message, untouched, to the dead letters in the task's transaction."""
@@ -640,7 +685,7 @@ class StateStore(Generic[M]):
                 "bootstrap.servers": self.settings.bootstrap_servers,
                 # The stage's own group, to read its committed offsets; this consumer
                 # never subscribes, so it never joins the group.
-                "group.id": self.app_id,
+                "group.id": self.group,
                 "client.id": f"{self.app_id}-restore-{uuid.uuid4().hex[:6]}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
@@ -674,6 +719,11 @@ class StateStore(Generic[M]):
         if self.tasks.get(task.partition) is task:
             del self.tasks[task.partition]
         await asyncio.get_running_loop().run_in_executor(None, _abandon, task.producer)
+
+
+def processing_error(exc: BaseException) -> InvalidMessage:
+    """The dead letter's reason for a message whose processing raised ``exc``."""
+    return InvalidMessage("processing_error", f"{type(exc).__name__}: {exc}")
 
 
 def original_headers(headers: Any) -> list[tuple[str, bytes]]:
