@@ -24,12 +24,11 @@ import logging
 import time
 from typing import Any, cast
 
-import faust
-
 from faust_app import app, settings
 from kestrel.errors import InvalidMessage
+from kestrel.reader import BatchReader, Record
 from kestrel.schemas import LateSamples, check_event_time, parse_envelope, topic_suffix_for
-from kestrel.state import Event, Restored, StateStore, Task
+from kestrel.state import Event, Message, Restored, StateStore, Task, processing_error
 from kestrel.stats import LatencyReservoir, write_stats
 from kestrel.topics import (
     COLLECTOR_TOPICS,
@@ -40,16 +39,17 @@ from kestrel.topics import (
     ensure_topics,
     faust_topic,
 )
-from tables import bind
-from tables.metric_windows import TelemetryPartition, to_aggregate
+from tables.metric_windows import TelemetryPartition, TopicWindows, to_aggregate
+from tables.windows import LateSamples as LateRows
 from tables.windows import SampleBatch, default_specs
 
 log = logging.getLogger(__name__)
 STAGE = "window_metrics"
 
-collector_topics = faust_topic(app, settings, *COLLECTOR_TOPICS)
 aggregates_topic = faust_topic(app, settings, METRICS_AGGREGATES)
 late_topic = faust_topic(app, settings, METRICS_LATE)
+#: The stage's own consumer group (kestrel.reader): not the Faust app's.
+WINDOWS_GROUP = settings.app_id("windows")
 TOPIC_SUFFIX = {spec.name(settings): spec.suffix for spec in COLLECTOR_TOPICS}
 SPECS = default_specs(round(settings.window_grace_s * 1000))
 
@@ -68,7 +68,16 @@ class TelemetryStage:
             persist=self._persist,
             interval_s=settings.flush_interval_s,
             deadletter=DEADLETTER.name(settings),
+            group=WINDOWS_GROUP,
         )
+        self.reader = BatchReader(
+            settings,
+            group=WINDOWS_GROUP,
+            topics=COLLECTOR_TOPICS,
+            store=self.store,
+            handle=self.handle,
+        )
+        self.store.catch_up = self.reader.catch_up
         self.samples = 0
         self.messages = 0
         self.emitted = 0
@@ -77,11 +86,7 @@ class TelemetryStage:
         self._started = False
 
     async def start(self) -> None:
-        """Before the first message: the output topics, then the state store.
-
-        Called at every start of the agent (Faust restarts a crashed agent): nothing
-        here may hold a resource that works only once.
-        """
+        """Before the first message: the output topics, then the state store."""
         if not self._started:
             # The stage allocates a few small objects per sample and keeps many
             # long-lived ones (window states): collect young objects less often, and
@@ -99,12 +104,41 @@ class TelemetryStage:
         log.info("windows[%d]: %d sources with open windows", restored.partition, part.sources())
         return part
 
-    async def handle(self, event: faust.EventT[bytes]) -> None:
-        """Apply one message; it is acked once the commit that covers it is durable."""
-        await self.store.process(event, self._apply)
+    async def handle(self, records: list[Record]) -> None:
+        """Apply a batch of messages; each is acked once the commit that covers it is durable."""
+        await self.store.process_many(records, self._apply)
 
-    def _apply(self, task: Task[TelemetryPartition], event: Event) -> None:
-        message = cast(faust.types.Message, event.message)
+    def _apply(
+        self, task: Task[TelemetryPartition], events: list[Event]
+    ) -> list[InvalidMessage | None]:
+        """Admit each message in turn, then fold the admitted ones into their windows."""
+        errors: list[InvalidMessage | None] = [None] * len(events)
+        staged: list[tuple[int, TopicWindows]] = []
+        now_ms = time.time() * 1000
+        for i, event in enumerate(events):
+            try:
+                staged.append((i, self._admit(task, event.message, now_ms)))
+            except InvalidMessage as exc:
+                errors[i] = exc
+            except Exception as exc:
+                log.exception("%s: admitting a message failed; it goes to the dead letters", STAGE)
+                errors[i] = processing_error(exc)
+        topics = {id(topic): topic for _, topic in staged}
+        applied = {key: iter(topic.windows.apply_staged()) for key, topic in topics.items()}
+        for i, topic in staged:
+            lates = next(applied[id(topic)])
+            if isinstance(lates, Exception):
+                errors[i] = processing_error(lates)
+                continue
+            message = cast(Record, events[i].message)
+            for late in lates:
+                self._send_late(task, late, message)
+        return errors
+
+    def _admit(
+        self, task: Task[TelemetryPartition], message: Message, now_ms: float
+    ) -> TopicWindows:
+        """Validate one message and stage it in its topic's windows (or raise why not)."""
         suffix = TOPIC_SUFFIX[message.topic]
         envelope = parse_envelope(message.value or b"")
         if topic_suffix_for(envelope.source) != suffix:
@@ -112,7 +146,7 @@ class TelemetryStage:
                 "wrong_topic",
                 f"source {envelope.source!r} publishes to {topic_suffix_for(envelope.source)}",
             )
-        check_event_time(envelope, int(time.time() * 1000), round(settings.max_future_s * 1000))
+        check_event_time(envelope, int(now_ms), round(settings.max_future_s * 1000))
         batch = SampleBatch.from_envelope(envelope)
         topic = task.model.topic(suffix)
         problem = topic.windows.over_capacity(batch, settings.max_sources, settings.max_fields)
@@ -124,25 +158,28 @@ class TelemetryStage:
                 "rate_limited",
                 f"{batch.source} is over {settings.source_max_hz:g} samples/s",
             )
-        for late in topic.windows.apply(batch):
-            record = LateSamples(
-                source=late.source,
-                window=late.window,  # type: ignore[arg-type]
-                window_start_ms=late.window_start_ms,
-                stream_time_ms=late.stream_time_ms,
-                timestamp=late.timestamps,
-                data=late.fields,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-            )
-            task.send(
-                late_topic.get_topic_name(), record.model_dump_json().encode(), late.source.encode()
-            )
+        topic.windows.stage(batch)
         self.messages += 1
         self.samples += batch.values
         # From the message's production (CreateTime) to its samples being in the windows.
-        self.latency_ms.add(time.time() * 1000 - message.timestamp * 1000)
+        self.latency_ms.add(now_ms - cast(Record, message).timestamp_ms)
+        return topic
+
+    def _send_late(self, task: Task[TelemetryPartition], late: LateRows, message: Record) -> None:
+        record = LateSamples(
+            source=late.source,
+            window=late.window,  # type: ignore[arg-type]
+            window_start_ms=late.window_start_ms,
+            stream_time_ms=late.stream_time_ms,
+            timestamp=late.timestamps,
+            data=late.fields,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        )
+        task.send(
+            late_topic.get_topic_name(), record.model_dump_json().encode(), late.source.encode()
+        )
 
     def _persist(self, task: Task[TelemetryPartition]) -> None:
         """At each commit: emit the closed windows, then write the changed sources."""
@@ -171,6 +208,7 @@ class TelemetryStage:
                     refused[source] = refused.get(source, 0) + n
         return {
             "messages": self.messages,
+            "batches": self.reader.batches,
             "samples": self.samples,
             "emitted": self.emitted,
             "dead_letters": dict(self.store.dead_letters),
@@ -187,14 +225,28 @@ class TelemetryStage:
 stage = TelemetryStage()
 
 
-@app.agent(collector_topics)
-async def window_metrics(stream: faust.StreamT[bytes]) -> None:
-    """Validate and window every collector message; acks follow each commit."""
-    # noack() is on the concrete Stream only; Faust's StreamT interface lacks it.
-    manual_acks = cast(faust.Stream[bytes], stream).noack()
-    await stage.start()
-    async for event in manual_acks.events():
-        await stage.handle(event)
+async def window_metrics() -> None:
+    """Validate and window every collector message, in batches; acks follow each commit.
+
+    Not a Faust agent: the stage reads its topics itself (:mod:`kestrel.reader` says
+    why), in the worker's process and event loop, and leaves with the worker.
+    """
+    try:
+        await stage.start()
+        await stage.reader.run()
+    except Exception as exc:
+        log.exception("%s: the reader failed; stopping the worker", STAGE)
+        await app.crash(exc)
+
+
+app.task(window_metrics)
+
+
+async def _stop_reading(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+    await stage.reader.stop()
+
+
+app.on_before_shutdown.connect(_stop_reading)
 
 
 @app.timer(1.0)  # type: ignore[untyped-decorator]  # Faust's timer is untyped
@@ -203,6 +255,3 @@ async def report_stats() -> None:
     if settings.stats_path is not None:
         path, stats = settings.stats_path, stage.stats()
         await asyncio.get_running_loop().run_in_executor(None, write_stats, path, stats)
-
-
-bind(app, stage.store)

@@ -286,7 +286,8 @@ class Pipeline:
     def wait_quiet(self, timeout_s: float = 150.0) -> None:
         """Until every group has processed and committed every input record."""
         groups = {
-            self.settings.app_id("stream"): [*COLLECTOR_TOPICS, CAMERA_DETECTIONS, CAMERAS],
+            self.settings.app_id("stream"): [CAMERA_DETECTIONS, CAMERAS],
+            self.settings.app_id("windows"): list(COLLECTOR_TOPICS),
             self.settings.app_id("analytics"): list(COLLECTOR_TOPICS),
             self.settings.app_id("inference"): [CAMERA_FRAMES],
         }

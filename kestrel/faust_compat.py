@@ -1,6 +1,9 @@
 """Workarounds for Faust behaviour that is broken for Kestrel, each citing upstream.
 
-Keep every such workaround here, so that it is found, and removed, in one place.
+Keep every such workaround here, so that it is found, and removed, in one place. One
+is a design of its own and lives in its module: Faust's slow path from Kafka to an
+agent (https://github.com/robinhood/faust/issues/563) is why the windows stage reads
+its inputs itself, in :mod:`kestrel.reader`.
 """
 
 from __future__ import annotations

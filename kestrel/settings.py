@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         gt=0,
         description="How often window state is persisted and closed windows are emitted.",
     )
+    batch_messages: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Collector messages the windows stage takes at once at most: one "
+        "vectorised pass over a batch costs about what a few messages do alone.",
+    )
     session_timeout_s: float = Field(
         10.0,
         ge=6,

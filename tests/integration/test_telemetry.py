@@ -39,6 +39,7 @@ from kestrel.topics import (
     METRICS_LATE,
     METRICS_MODEL,
     STATE_ANALYTICS,
+    ensure_topics,
 )
 from tests.conftest import settings_for
 from tests.integration.telemetry_helpers import (
@@ -374,7 +375,7 @@ def test_a_worker_commits_past_transaction_markers(
     telemetry: tuple[Settings, FaustWorker],
 ) -> None:
     """A topic written in transactions has a commit marker after each batch; the group
-    must still commit up to its last record (kestrel.faust_compat._Consumer)."""
+    must still commit up to its last record (kestrel.reader commits acked offsets)."""
     settings, _ = telemetry
     src = source()
     topic = METRICS_MODEL.name(settings)
@@ -393,7 +394,7 @@ def test_a_worker_commits_past_transaction_markers(
         producer.produce(topic, envelope([row]), src.encode(), on_delivery=delivered)
         producer.commit_transaction(30)
     partition, last = placed[-1]
-    group = settings.app_id("stream")
+    group = settings.app_id("windows")  # the stage's own group (kestrel.reader)
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
     try:
         deadline = time.monotonic() + 60
@@ -406,3 +407,42 @@ def test_a_worker_commits_past_transaction_markers(
             time.sleep(0.2)  # polling the group's offsets for a condition
     finally:
         consumer.close()
+
+
+def test_a_backlog_is_taken_in_batches_by_the_stages_own_group(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """The windows stage reads its topics itself, many messages at a time, with a group
+    of its own (kestrel.reader): Faust's one-message path would cap it (faust#563)."""
+    stats = tmp_path / "stats.json"
+    settings = settings_for(kafka, tmp_path, window_grace_s=GRACE_MS / 1000, stats_path=stats)
+    ensure_topics(settings)
+    streams = [rows_for(source(), BASE, 300, 20, seed=i) for i in range(4)]  # 50 Hz each
+    backlog = interleaved(streams, 2)
+    produce(settings, METRICS_MODEL.name(settings), backlog)  # before the worker starts
+    closers = [closer(rows[0].source, BASE + 300_000 + GRACE_MS) for rows in streams]
+    worker = FaustWorker(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        produce(settings, METRICS_MODEL.name(settings), closers)
+        expected = expected_windows(row for rows in streams for row in rows)
+        assert_windows_match(read_aggregates(settings, set(expected)), expected)
+        deadline = time.monotonic() + 30
+        while True:
+            done = orjson.loads(stats.read_bytes()) if stats.exists() else {}
+            if done.get("messages", 0) >= len(backlog) + len(closers):
+                break
+            assert time.monotonic() < deadline, done
+            time.sleep(0.2)  # the worker writes its stats each second
+        assert done["batches"] * 5 <= done["messages"], done
+    finally:
+        worker.stop()
+    topic = METRICS_MODEL.name(settings)
+    partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    for group, reads in ((settings.app_id("windows"), True), (settings.app_id("stream"), False)):
+        consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+        try:
+            offsets = [tp.offset for tp in consumer.committed(partitions, timeout=10)]
+        finally:
+            consumer.close()
+        assert (sum(max(o, 0) for o in offsets) > 0) is reads, (group, offsets)
