@@ -43,7 +43,7 @@ from typing import Any, cast
 import cv2
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from bench import fault_checks
 from bench.telemetry import start_broker
@@ -538,6 +538,15 @@ def count(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
+COORDINATOR_MOVING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
 def caught_up(settings: Settings, group: str, specs: list[Any]) -> bool:
     """Has ``group`` committed past the last record of every partition of ``specs``?
 
@@ -557,7 +566,14 @@ def caught_up(settings: Settings, group: str, specs: list[Any]) -> bool:
             topic = spec.name(settings)
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
             tps = [TopicPartition(topic, p) for p in partitions]
-            committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+            try:
+                committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+            except KafkaException as exc:
+                # After a broker restart a group's coordinator takes a while to load
+                # (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS): not caught up yet.
+                if exc.args and exc.args[0].code() in COORDINATOR_MOVING:
+                    return False
+                raise
             for p in partitions:
                 last = last_record(consumer, topic, p)
                 if last is not None and committed.get(p, -1) <= last:

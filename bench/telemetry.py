@@ -285,6 +285,37 @@ def run_consumer_job(
     )
 
 
+def run_faust_job(
+    name: str, settings: Settings, partitions: int, workdir: Path, total: int, *, empty: bool
+) -> dict[str, float]:
+    """bench/faust_job.py on the input (``empty``: its agent does nothing)."""
+    group = f"{settings.namespace}-faust-{'empty' if empty else 'baseline'}"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "BENCH_FAUST_GROUP": group,
+        "BENCH_FAUST_BOOTSTRAP": settings.bootstrap_servers,
+        "BENCH_FAUST_TOPIC": METRICS_MODEL.name(settings),
+        "BENCH_FAUST_OUTPUT": settings.topic("bench.faust"),
+        "BENCH_FAUST_PARTITIONS": str(partitions),
+        "BENCH_FAUST_DATADIR": str(workdir / group),
+        "BENCH_FAUST_EMPTY": "1" if empty else "0",
+    }
+    argv = [sys.executable, "-m", "faust", "-A", "bench.faust_job", "worker", "-l", "warn"]
+    job, proc, peak = run_consumer_job(
+        name,
+        settings,
+        group,
+        total,
+        ROWS * len(FIELDS),
+        lambda: start_process(argv, env, workdir / f"{group}.log"),
+        timeout_s=1800,
+    )
+    job["peak_rss_mb"] = peak.stop()
+    stop(proc)
+    return job
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -378,7 +409,7 @@ def main() -> int:
         kestrel, worker, worker_rss = run_consumer_job(
             "kestrel",
             settings,
-            settings.app_id("stream"),
+            settings.app_id("windows"),  # the windows stage's own group (kestrel.reader)
             total,
             samples_per_message,
             lambda: start_process(
@@ -441,42 +472,17 @@ def main() -> int:
         best = max(quix.values(), key=lambda q: q["samples_per_s"]) if quix else None
 
         faust: dict[str, float] | None = None
+        faust_empty: dict[str, float] | None = None
         if not args.skip_faust:
-            group = f"{settings.namespace}-faust-baseline"
-            faust_env = {
-                **os.environ,
-                "PYTHONUNBUFFERED": "1",
-                "BENCH_FAUST_GROUP": group,
-                "BENCH_FAUST_BOOTSTRAP": settings.bootstrap_servers,
-                "BENCH_FAUST_TOPIC": METRICS_MODEL.name(settings),
-                "BENCH_FAUST_OUTPUT": settings.topic("bench.faust"),
-                "BENCH_FAUST_PARTITIONS": str(args.partitions),
-                "BENCH_FAUST_DATADIR": str(workdir / "faust-baseline"),
-            }
-            faust, faust_proc, faust_peak = run_consumer_job(
-                "plain faust",
-                settings,
-                group,
-                total,
-                samples_per_message,
-                lambda: start_process(
-                    [
-                        sys.executable,
-                        "-m",
-                        "faust",
-                        "-A",
-                        "bench.faust_job",
-                        "worker",
-                        "-l",
-                        "warn",
-                    ],
-                    faust_env,
-                    workdir / "faust-baseline.log",
-                ),
-                timeout_s=1800,
+            faust = run_faust_job(
+                "plain faust", settings, args.partitions, workdir, total, empty=False
             )
-            faust["peak_rss_mb"] = faust_peak.stop()
-            stop(faust_proc)
+            # The same app with an agent that does nothing: what Faust's path from Kafka
+            # to an agent costs alone (kestrel/reader.py says why Kestrel's windows
+            # stage does not take it).
+            faust_empty = run_faust_job(
+                "faust, empty agent", settings, args.partitions, workdir, total, empty=True
+            )
         peers = {f"quix ({name})": q for name, q in quix.items()}
         if faust is not None:
             peers["plain faust"] = faust
@@ -505,6 +511,12 @@ def main() -> int:
             "faust_samples_per_s": faust["samples_per_s"] if faust else None,
             "faust_messages_per_s": faust["messages_per_s"] if faust else None,
             "faust_peak_rss_mb": faust["peak_rss_mb"] if faust else None,
+            "faust_empty_agent_samples_per_s": faust_empty["samples_per_s"]
+            if faust_empty
+            else None,
+            "faust_empty_agent_messages_per_s": faust_empty["messages_per_s"]
+            if faust_empty
+            else None,
             "kestrel_vs_faust": kestrel["samples_per_s"] / faust["samples_per_s"]
             if faust
             else None,
@@ -563,6 +575,16 @@ def main() -> int:
                 f"{faust['messages_per_s']:,.0f}",
                 f"{faust['peak_rss_mb']:.0f}",
                 CONSUMERS["faust"]["state"],
+            )
+        )
+    if faust_empty is not None:
+        rows.append(
+            (
+                "faust, empty agent (its limit)",
+                f"{faust_empty['samples_per_s']:,.0f}",
+                f"{faust_empty['messages_per_s']:,.0f}",
+                f"{faust_empty['peak_rss_mb']:.0f}",
+                "none",
             )
         )
     print()

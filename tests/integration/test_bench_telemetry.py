@@ -28,7 +28,7 @@ def test_the_telemetry_benchmark_measures_every_consumer_and_writes_its_json(
     args += ["--flush-interval-s", "0.2"]
     result = run_benchmark("bench.telemetry", args, output, timeout_s=880)
     # Every key has a value (run_benchmark), baselines included: one that breaks fails.
-    for key in ("raw", "kestrel", "quix", "faust"):
+    for key in ("raw", "kestrel", "quix", "faust", "faust_empty_agent"):
         assert result[f"{key}_samples_per_s"] > 0, key
     assert set(result["quix_variants"]) == set(QUIX_VARIANTS)
     for variant in result["quix_variants"].values():
