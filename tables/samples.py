@@ -177,3 +177,83 @@ def reduce_groups(values: FloatArray, timestamps: IntArray, starts: IntArray) ->
         negative=keys[negative].tolist(),
         negative_at=np.searchsorted(group_of[negative], bounds).tolist(),
     )
+
+
+#: A batch's groups: their statistics, codes (pair x lateness), smallest-window starts,
+#: and the (source, field) pairs the codes number.
+Grouped = tuple[Groups, list[int], list[int], list[tuple[str, str]]]
+NOTHING: Grouped = (Groups([], [], [], [], [], [], [], [0], [], [0]), [], [], [])
+
+
+def group_batches(
+    staged: list[SampleBatch], befores: list[int], sizes: list[tuple[int, int]], some_late: bool
+) -> Grouped:
+    """The statistics of every on-time sample of ``staged``, grouped by (source, field,
+    lateness, smallest window): what :class:`tables.windows.PartitionWindows` merges.
+
+    ``befores``: the stream time before each message; ``sizes``: each window size's
+    length and grace, smallest first (they nest); ``some_late``: whether any message
+    has late rows (if none, no entry's lateness needs computing). Returns the groups,
+    each group's code (pair x number of sizes + lateness), its smallest window's
+    start, and the (source, field) pairs the codes number.
+    """
+    pairs: dict[tuple[str, str], int] = {}  # (source, field) -> its id in this batch
+    piece_pair: list[int] = []  # per (message, field) piece
+    piece_rows: list[int] = []
+    piece_ts_at: list[int] = []  # where its message's rows start in ``timestamps``
+    piece_before: list[int] = []
+    matrices: list[FloatArray] = []
+    timestamps: list[IntArray] = []
+    rows_so_far = 0
+    for batch, before in zip(staged, befores, strict=True):
+        rows = batch.timestamps.size
+        if not rows or not batch.names:
+            continue
+        for name in batch.names:
+            piece_pair.append(pairs.setdefault((batch.source, name), len(pairs)))
+        n = len(batch.names)
+        piece_rows += [rows] * n
+        piece_ts_at += [rows_so_far] * n
+        piece_before += [before] * n
+        matrices.append(batch.matrix.ravel())
+        timestamps.append(batch.timestamps)
+        rows_so_far += rows
+    if not matrices:
+        return NOTHING
+    values = np.concatenate(matrices)
+    lengths = np.asarray(piece_rows)
+    first = np.cumsum(lengths) - lengths  # each piece's first entry
+    ts = np.concatenate(timestamps)[
+        np.arange(values.size) - np.repeat(first - np.asarray(piece_ts_at), lengths)
+    ]
+    pair = np.repeat(np.asarray(piece_pair, dtype=np.int64), lengths)
+    # How many of the sizes (smallest first) each entry is late for; late for all:
+    # not counted anywhere (the message's late records say so).
+    level = np.zeros(values.size, dtype=np.int64)
+    if some_late:
+        stream_time = np.repeat(np.asarray(piece_before, dtype=np.int64), lengths)
+        for size, grace in sizes:
+            level += ts - ts % size + (size + grace) <= stream_time
+        on_time = level < len(sizes)
+        if not on_time.all():
+            values, ts = values[on_time], ts[on_time]
+            pair, level = pair[on_time], level[on_time]
+            if not values.size:
+                return NOTHING
+    code = pair * len(sizes) + level
+    codes = len(pairs) * len(sizes)
+    finest = sizes[0][0]
+    # Stable: within a code, entries stay in arrival order (a radix sort when the
+    # codes fit 16 bits); that is time order unless a source's messages came out
+    # of order, and then a sort by time within each code puts it right.
+    order = np.argsort(code.astype(np.uint16 if codes <= 2**16 else np.int64), kind="stable")
+    code_s, ts_s = code[order], ts[order]
+    same = code_s[1:] == code_s[:-1]
+    if bool((same & (ts_s[1:] < ts_s[:-1])).any()):
+        order = np.lexsort((ts, code))
+        code_s, ts_s = code[order], ts[order]
+        same = code_s[1:] == code_s[:-1]
+    window = ts_s - ts_s % finest
+    starts = np.flatnonzero(np.concatenate(([True], ~same | (window[1:] != window[:-1]))))
+    groups = reduce_groups(values[order], ts_s, starts)
+    return groups, code_s[starts].tolist(), window[starts].tolist(), list(pairs)

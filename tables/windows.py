@@ -33,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from tables.samples import FloatArray, Group, Groups, IntArray, SampleBatch, reduce_groups
+from tables.samples import (
+    FloatArray,
+    Group,
+    Groups,
+    IntArray,
+    SampleBatch,
+    group_batches,
+    reduce_groups,
+)
 from tables.sketch import DDSketch
 
 log = logging.getLogger(__name__)
@@ -209,10 +217,6 @@ class ClosedWindow:
 
 #: A source's open windows: (window size name, start) -> field -> state.
 SourceWindows = dict[tuple[str, int], dict[str, WindowState]]
-#: A batch's groups: their statistics, codes (pair x lateness), smallest-window starts,
-#: and the (source, field) pairs the codes number.
-Grouped = tuple[Groups, list[int], list[int], list[tuple[str, str]]]
-NOTHING: Grouped = (Groups([], [], [], [], [], [], [], [0], [], [0]), [], [], [])
 
 
 @dataclass
@@ -242,6 +246,7 @@ class PartitionWindows:
 
     def __post_init__(self) -> None:
         self._by_size = tuple(sorted(self.specs, key=lambda spec: spec.size_ms))
+        self._sizes = [(spec.size_ms, spec.grace_ms) for spec in self._by_size]
         for small, large in pairwise(self._by_size):
             if large.size_ms % small.size_ms or large.grace_ms < small.grace_ms:
                 raise ValueError(
@@ -331,14 +336,14 @@ class PartitionWindows:
                 lates.append([])
             stream_time = max(stream_time, int(ts[-1]))
         try:
-            grouped = self._group(staged, befores, some_late)
+            grouped = group_batches(staged, befores, self._sizes, some_late)
         except Exception:
             log.exception(
                 "windows[%d]: a batch failed; applying its messages one by one", self.partition
             )
             for i, (batch, before) in enumerate(zip(staged, befores, strict=True)):
                 try:
-                    grouped = self._group([batch], [before], bool(lates[i]))
+                    grouped = group_batches([batch], [before], self._sizes, bool(lates[i]))
                 except Exception as exc:
                     lates[i] = exc
                 else:
@@ -347,74 +352,6 @@ class PartitionWindows:
             self._merge(*grouped)
         self.stream_time_ms = stream_time
         return lates
-
-    def _group(self, staged: list[SampleBatch], befores: list[int], some_late: bool) -> Grouped:
-        """The statistics of every on-time sample of ``staged``, grouped; changes nothing.
-
-        ``befores``: the stream time before each message; ``some_late``: whether any
-        message has late rows (if none, no entry's lateness needs computing).
-        """
-        pairs: dict[tuple[str, str], int] = {}  # (source, field) -> its id in this batch
-        piece_pair: list[int] = []  # per (message, field) piece
-        piece_rows: list[int] = []
-        piece_ts_at: list[int] = []  # where its message's rows start in ``timestamps``
-        piece_before: list[int] = []
-        matrices: list[FloatArray] = []
-        timestamps: list[IntArray] = []
-        rows_so_far = 0
-        for batch, before in zip(staged, befores, strict=True):
-            rows = batch.timestamps.size
-            if not rows or not batch.names:
-                continue
-            for name in batch.names:
-                piece_pair.append(pairs.setdefault((batch.source, name), len(pairs)))
-            n = len(batch.names)
-            piece_rows += [rows] * n
-            piece_ts_at += [rows_so_far] * n
-            piece_before += [before] * n
-            matrices.append(batch.matrix.ravel())
-            timestamps.append(batch.timestamps)
-            rows_so_far += rows
-        if not matrices:
-            return NOTHING
-        values = np.concatenate(matrices)
-        lengths = np.asarray(piece_rows)
-        first = np.cumsum(lengths) - lengths  # each piece's first entry
-        ts = np.concatenate(timestamps)[
-            np.arange(values.size) - np.repeat(first - np.asarray(piece_ts_at), lengths)
-        ]
-        pair = np.repeat(np.asarray(piece_pair, dtype=np.int64), lengths)
-        # How many of the sizes (smallest first) each entry is late for; late for all:
-        # not counted anywhere (the message's late records say so).
-        specs = self._by_size
-        level = np.zeros(values.size, dtype=np.int64)
-        if some_late:
-            stream_time = np.repeat(np.asarray(piece_before, dtype=np.int64), lengths)
-            for spec in specs:
-                level += ts - ts % spec.size_ms + (spec.size_ms + spec.grace_ms) <= stream_time
-            on_time = level < len(specs)
-            if not on_time.all():
-                values, ts = values[on_time], ts[on_time]
-                pair, level = pair[on_time], level[on_time]
-                if not values.size:
-                    return NOTHING
-        code = pair * len(specs) + level
-        codes = len(pairs) * len(specs)
-        finest = specs[0].size_ms
-        # Stable: within a code, entries stay in arrival order (a radix sort when the
-        # codes fit 16 bits); that is time order unless a source's messages came out
-        # of order, and then a sort by time within each code puts it right.
-        order = np.argsort(code.astype(np.uint16 if codes <= 2**16 else np.int64), kind="stable")
-        code_s, ts_s = code[order], ts[order]
-        same = code_s[1:] == code_s[:-1]
-        if bool((same & (ts_s[1:] < ts_s[:-1])).any()):
-            order = np.lexsort((ts, code))
-            code_s, ts_s = code[order], ts[order]
-            same = code_s[1:] == code_s[:-1]
-        window = ts_s - ts_s % finest
-        starts = np.flatnonzero(np.concatenate(([True], ~same | (window[1:] != window[:-1]))))
-        groups = reduce_groups(values[order], ts_s, starts)
-        return groups, code_s[starts].tolist(), window[starts].tolist(), list(pairs)
 
     def _merge(
         self, groups: Groups, codes: list[int], starts: list[int], pairs: list[tuple[str, str]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import orjson
@@ -11,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tables.samples as samples
+import tables.windows as windows_module
 from tables.sketch import DDSketch
 from tables.windows import (
     PartitionWindows,
@@ -358,14 +361,14 @@ def test_a_batch_whose_arithmetic_fails_is_applied_message_by_message(
 ) -> None:
     w = PartitionWindows(0, ONE_S)
     good, bad = batch("ui", [(100, 1.0)]), batch("system", [(200, 2.0)])
-    real = PartitionWindows._group
+    real = samples.group_batches
 
-    def fails_with_bad(self: PartitionWindows, staged: list[SampleBatch], *args: object) -> object:
+    def fails_with_bad(staged: list[SampleBatch], *args: Any) -> Any:
         if any(b.source == "system" for b in staged):
             raise MemoryError("no room")
-        return real(self, staged, *args)  # type: ignore[arg-type]
+        return real(staged, *args)
 
-    monkeypatch.setattr(PartitionWindows, "_group", fails_with_bad)
+    monkeypatch.setattr(windows_module, "group_batches", fails_with_bad)
     w.stage(good)
     w.stage(bad)
     applied = w.apply_staged()
