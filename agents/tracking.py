@@ -1,7 +1,7 @@
 """Tracking stage: detections in; tracks, zones, line counts and results out.
 
 Runs in the stream workers (no model here). ``camera.detections`` is keyed by camera
-id, so one task (:mod:`kestrel.state`) sees all of a camera's frames, in order, and
+id, so one task (:mod:`kestrel.state`) sees all of a camera's frames, and
 owns its state (:mod:`tables.camera_tracks`): the tracker, the line totals and the
 frames already handled. Per frame: update the tracker, find each confirmed track's
 zones and line crossings (:mod:`kestrel.camera.geometry`), publish the digest's result
@@ -13,8 +13,9 @@ inference group dropped (backpressure, expired) gets a
 every frame has exactly one record there.
 
 Results, state and progress commit together every ``KESTREL_RESULT_COMMIT_MS``; an
-upstream duplicate of a frame (same camera, capture time at or before the last one
-handled) produces nothing and never advances a track twice.
+upstream duplicate of a frame (one whose record already went out) produces nothing and
+never advances a track twice, and a frame whose detections come after a later frame's
+gets a ``frame_dropped`` record (``out_of_order``): see :mod:`tables.camera_tracks`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from kestrel.schemas.camera import (
     AggSummary,
     CameraConfig,
     CameraResult,
+    DropReason,
     FrameDetections,
     FrameDropped,
     LineCount,
@@ -138,24 +140,33 @@ class TrackingStage:
         if (message.key or b"").decode(errors="replace") != frame.camera_id:
             raise InvalidMessage("invalid_field", f"key {message.key!r} is not {frame.camera_id!r}")
         state = task.model.get(frame.camera_id)
-        if state.handled(frame.capture_ts_ns, frame.dropped is not None):
+        verdict = state.verdict(frame.capture_ts_ns, frame.dropped is not None)
+        if verdict == "duplicate":
             self.duplicates += 1
             return
         if frame.dropped is not None:
-            self._drop(task, frame, state)
+            self._drop(task, frame, state, frame.dropped)
+            return
+        if verdict == "out_of_order":  # the tracker cannot go back in time
+            self._drop(task, frame, state, "out_of_order")
             return
         if config is not None and config.camera_id != frame.camera_id:
             config = None
         self._track(task, frame, state, config)
 
-    def _drop(self, task: Task[CameraTracks], frame: FrameDetections, state: CameraTrack) -> None:
-        assert frame.dropped is not None
+    def _drop(
+        self,
+        task: Task[CameraTracks],
+        frame: FrameDetections,
+        state: CameraTrack,
+        reason: DropReason,
+    ) -> None:
         record = FrameDropped(
             camera_id=frame.camera_id,
             message_key=frame.camera_id,
             frame_id=frame.frame_id,
             input_stream=CAMERA_FRAMES.name(settings),
-            reason=frame.dropped,
+            reason=reason,
             capture_ts_ns=frame.capture_ts_ns,
             seq=frame.seq,
         )
@@ -164,9 +175,9 @@ class TrackingStage:
             record.model_dump_json().encode(),
             frame.camera_id.encode(),
         )
-        state.drops.append(frame.capture_ts_ns)
+        state.recorded(frame.capture_ts_ns)
         task.model.put(frame.camera_id, state)
-        self.dropped[frame.dropped] = self.dropped.get(frame.dropped, 0) + 1
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def _track(
         self,
@@ -292,7 +303,8 @@ class TrackingStage:
             lines=totals,
             labels=sorted(labels),
             last_ns=state.last_ns,
-            drops=state.drops,
+            recent=state.recent,
+            floor_ns=state.floor_ns,
         )
         updated.applied(frame.capture_ts_ns)
         task.model.put(frame.camera_id, updated)

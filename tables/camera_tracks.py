@@ -7,24 +7,32 @@ task, in order. Its changelog holds one record per camera (key: the camera id):
 * ``tracker``: the tracker's tracks (:meth:`kestrel.camera.tracker.Tracker.to_json`);
 * ``lines`` and ``labels``: line-crossing totals, the classes seen so far;
 * ``last_ns``: the capture time of the last frame applied to the tracker;
-* ``drops``: capture times of frames dropped upstream and not yet passed by an applied
-  frame (their drop records must not repeat).
+* ``recent``: capture times of the last ``RECENT`` frames that got a record, and
+  ``floor_ns``: frames at or before it that are not in ``recent`` count as handled.
 
-A frame's detections are applied once: a frame captured at or before ``last_ns`` was
-already handled (an upstream duplicate: the inference group replays after a crash,
-a camera producer may retry), as is a drop already recorded; both are counted and
-produce nothing, so each frame id gets exactly one record on ``camera.results``.
+Each frame gets exactly one record on ``camera.results``. A frame already handled is
+an upstream duplicate (the inference group writes at least once and replays after a
+crash): counted, nothing sent. A frame that is not, but was captured at or before
+``last_ns``, came out of order (the inference group reports a dropped frame when it
+drops it, after newer frames' detections, and after a broker outage has detected
+older frames after newer ones): the tracker cannot go back in time, so it gets a
+``frame_dropped`` record (``out_of_order``), as a drop reported late gets its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from kestrel.state import Restored
+
+#: Frames per camera whose records are remembered one by one (at 30 FPS, 8.5 s: more
+#: than the inference group replays after a crash, which is since its last commit).
+RECENT = 256
+Verdict = Literal["duplicate", "dropped", "out_of_order", "track"]
 
 
 @dataclass
@@ -35,15 +43,33 @@ class CameraTrack:
     lines: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     last_ns: int = -1
-    drops: list[int] = field(default_factory=list)
+    recent: list[int] = field(default_factory=list)
+    floor_ns: int = -1
 
-    def handled(self, capture_ns: int, dropped: bool) -> bool:
+    def handled(self, capture_ns: int) -> bool:
         """Has a record for this frame already gone out?"""
-        return capture_ns <= self.last_ns or (dropped and capture_ns in self.drops)
+        return capture_ns <= self.floor_ns or capture_ns in self.recent
+
+    def verdict(self, capture_ns: int, dropped: bool) -> Verdict:
+        """What the frame's detections call for: see the module docstring."""
+        if self.handled(capture_ns):
+            return "duplicate"
+        if dropped:
+            return "dropped"
+        if capture_ns <= self.last_ns:
+            return "out_of_order"
+        return "track"
+
+    def recorded(self, capture_ns: int) -> None:
+        """A record for this frame went out (a result or a drop)."""
+        self.recent.append(capture_ns)
+        if len(self.recent) > RECENT:
+            self.floor_ns = max(self.floor_ns, self.recent.pop(0))
 
     def applied(self, capture_ns: int) -> None:
+        """The frame went through the tracker, and its result out."""
         self.last_ns = capture_ns
-        self.drops = [d for d in self.drops if d > capture_ns]
+        self.recorded(capture_ns)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -52,7 +78,8 @@ class CameraTrack:
                 "lines": self.lines,
                 "labels": self.labels,
                 "last_ns": self.last_ns,
-                "drops": self.drops,
+                "recent": self.recent,
+                "floor_ns": self.floor_ns,
             }
         )
 
@@ -64,7 +91,9 @@ class CameraTrack:
             lines=data["lines"],
             labels=data["labels"],
             last_ns=int(data["last_ns"]),
-            drops=[int(d) for d in data["drops"]],
+            # A record from before ``recent``: every frame up to last_ns was handled.
+            recent=[int(d) for d in data.get("recent", data.get("drops", []))],
+            floor_ns=int(data.get("floor_ns", data["last_ns"])),
         )
 
 

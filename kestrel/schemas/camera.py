@@ -16,6 +16,10 @@ BoxList = Annotated[list[Finite], Field(min_length=4, max_length=4, description=
 MAX_DETECTIONS = 1_000
 
 
+#: Why a frame got no result: the inference group's two reasons, and the tracker's.
+DropReason = Literal["backpressure", "expired", "out_of_order"]
+
+
 class Zone(BaseModel):
     """A polygon in frame pixels; an object is in it when its box's bottom centre is."""
 
@@ -131,7 +135,9 @@ class FrameDropped(BaseModel):
     """A frame that got no result, on ``camera.results``: which, and why.
 
     ``backpressure``: its camera's queue in the inference worker was full and it was
-    the oldest; ``expired``: it waited longer than ``KESTREL_FRAME_MAX_AGE_S``.
+    the oldest; ``expired``: it waited longer than ``KESTREL_FRAME_MAX_AGE_S``;
+    ``out_of_order``: its detections reached the tracker after those of a frame
+    captured later (the tracker cannot go back in time).
     """
 
     camera_id: str
@@ -139,7 +145,7 @@ class FrameDropped(BaseModel):
     frame_id: str
     input_stream: str = Field(description="The topic the frame came in on.")
     kind: Literal["frame_dropped"] = "frame_dropped"
-    reason: Literal["backpressure", "expired"]
+    reason: DropReason
     capture_ts_ns: int
     seq: int
 

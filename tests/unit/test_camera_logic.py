@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from kestrel.camera.batching import AdaptiveBatchSize, FrameQueues
@@ -8,6 +9,7 @@ from kestrel.camera.geometry import crossing, foot, inside
 from kestrel.camera.synthetic import SyntheticScene
 from kestrel.camera.tracker import Tracker, iou_matrix
 from kestrel.errors import InvalidMessage
+from tables.camera_tracks import RECENT, CameraTrack
 
 GB = 1024**3
 
@@ -141,3 +143,56 @@ def test_a_removed_camera_still_admits_the_frames_it_captured_before_its_removal
     assert registry.get("door", captured_ns=before) == config
     assert registry.get("door", captured_ns=time.time_ns() + 1) is None  # after: refused
     assert registry.get("nobody", captured_ns=before) is None
+
+
+def test_every_frame_gets_one_record_whatever_order_its_detections_come_in() -> None:
+    """Drops reported late and frames detected out of order get a record; duplicates none."""
+    state = CameraTrack()
+    verdicts = []
+    # capture times (ms): 5 tracked, 3 dropped but reported after 5, 4 detected after 5,
+    # then the inference group's replay after a crash sends 3, 4 and 5 again.
+    for capture, dropped in [
+        (1, False),
+        (5, False),
+        (3, True),
+        (4, False),
+        (3, True),
+        (4, False),
+        (5, False),
+        (6, False),
+    ]:
+        verdict = state.verdict(capture, dropped)
+        verdicts.append(verdict)
+        if verdict == "track":
+            state.applied(capture)
+        elif verdict != "duplicate":
+            state.recorded(capture)
+    assert verdicts == [
+        "track",
+        "track",
+        "dropped",
+        "out_of_order",
+        "duplicate",
+        "duplicate",
+        "duplicate",
+        "track",
+    ]
+
+
+def test_a_camera_remembers_a_bounded_number_of_records_and_old_states_still_load() -> None:
+    state = CameraTrack()
+    for capture in range(1, RECENT + 50):
+        state.applied(capture)
+    assert len(state.recent) == RECENT and state.verdict(10, False) == "duplicate"
+    again = CameraTrack.from_json(state.to_json())
+    assert (again.recent, again.floor_ns, again.last_ns) == (
+        state.recent,
+        state.floor_ns,
+        state.last_ns,
+    )
+    # A record written before ``recent``: every frame up to last_ns had been handled.
+    legacy = CameraTrack.from_json(
+        orjson.dumps({"tracker": {}, "lines": {}, "labels": [], "last_ns": 100, "drops": [120]})
+    )
+    assert legacy.verdict(90, False) == "duplicate" and legacy.verdict(120, True) == "duplicate"
+    assert legacy.verdict(130, True) == "dropped"
