@@ -155,24 +155,36 @@ values = st.one_of(finite, extreme, st.none())
 timestamps = st.integers(min_value=0, max_value=2**53 - 1)
 
 
-@st.composite
-def batches(draw: st.DrawFn) -> SampleBatch:
-    rows = draw(st.integers(min_value=0, max_value=30))
-    ts = draw(st.lists(timestamps, min_size=rows, max_size=rows))
-    names = draw(st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True))
-    fields = {
-        name: np.array(
-            [
-                np.nan if v is None else v
-                for v in draw(st.lists(values, min_size=rows, max_size=rows))
-            ],
-            dtype=np.float64,
-        )
-        for name in names
-    }
-    return SampleBatch(
-        draw(st.sampled_from(["ui", "system"])), np.array(ts, dtype=np.int64), fields
-    )
+def sample_batches(
+    max_rows: int,
+    times: st.SearchStrategy[int],
+    numbers: st.SearchStrategy[float | None],
+    sources: list[str],
+) -> st.SearchStrategy[SampleBatch]:
+    """Messages of up to ``max_rows`` rows of fields a, b, c (``None``: a null)."""
+
+    @st.composite
+    def batch_of(draw: st.DrawFn) -> SampleBatch:
+        rows = draw(st.integers(min_value=0, max_value=max_rows))
+        ts = draw(st.lists(times, min_size=rows, max_size=rows))
+        names = draw(st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True))
+        fields = {
+            name: np.array(
+                [
+                    np.nan if v is None else v
+                    for v in draw(st.lists(numbers, min_size=rows, max_size=rows))
+                ],
+                dtype=np.float64,
+            )
+            for name in names
+        }
+        return SampleBatch(draw(st.sampled_from(sources)), np.array(ts, dtype=np.int64), fields)
+
+    return batch_of()
+
+
+def batches() -> st.SearchStrategy[SampleBatch]:
+    return sample_batches(30, timestamps, values, ["ui", "system"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -237,25 +249,9 @@ def test_an_empty_batch_and_a_batch_of_nulls_change_nothing_but_stream_time() ->
 small_values = st.one_of(st.integers(-1_000, 1_000).map(float), st.none())
 
 
-@st.composite
-def nearby_batches(draw: st.DrawFn) -> SampleBatch:
+def nearby_batches() -> st.SearchStrategy[SampleBatch]:
     """Messages over a few windows, some late, some out of order, some with nulls."""
-    rows = draw(st.integers(min_value=0, max_value=8))
-    ts = draw(st.lists(st.integers(0, 40_000), min_size=rows, max_size=rows))
-    names = draw(st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True))
-    fields = {
-        name: np.array(
-            [
-                np.nan if v is None else v
-                for v in draw(st.lists(small_values, min_size=rows, max_size=rows))
-            ],
-            dtype=np.float64,
-        )
-        for name in names
-    }
-    return SampleBatch(
-        draw(st.sampled_from(["ui", "system", "model:m"])), np.array(ts, dtype=np.int64), fields
-    )
+    return sample_batches(8, st.integers(0, 40_000), small_values, ["ui", "system", "model:m"])
 
 
 def oracle(
