@@ -24,6 +24,8 @@ import logging
 import time
 from typing import Any, cast
 
+from mode import Service
+
 from faust_app import app, settings
 from kestrel.errors import InvalidMessage
 from kestrel.reader import BatchReader, Record
@@ -86,7 +88,7 @@ class TelemetryStage:
         self._started = False
 
     async def start(self) -> None:
-        """Before the first message: the output topics, then the state store."""
+        """Before the first message: the topics it reads and writes, then the state store."""
         if not self._started:
             # The stage allocates a few small objects per sample and keeps many
             # long-lived ones (window states): collect young objects less often, and
@@ -94,8 +96,10 @@ class TelemetryStage:
             # thresholds cost about a fifth of the throughput).
             gc.freeze()
             gc.set_threshold(20_000, 20, 20)
-            outputs = [METRICS_AGGREGATES, METRICS_LATE, DEADLETTER]
-            await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings, outputs)
+            # Its inputs too: no Faust agent subscribes to them for it, and a producer
+            # that wrote first would have the broker auto-create them with one partition.
+            topics = [*COLLECTOR_TOPICS, METRICS_AGGREGATES, METRICS_LATE, DEADLETTER]
+            await asyncio.get_running_loop().run_in_executor(None, ensure_topics, settings, topics)
             self._started = True
         await self.store.start(app.crash)
 
@@ -225,21 +229,27 @@ class TelemetryStage:
 stage = TelemetryStage()
 
 
-async def window_metrics() -> None:
+@app.service
+class WindowMetrics(Service):
     """Validate and window every collector message, in batches; acks follow each commit.
 
     Not a Faust agent: the stage reads its topics itself (:mod:`kestrel.reader` says
-    why), in the worker's process and event loop, and leaves with the worker.
+    why), in the worker's process and event loop, and leaves with the worker. A service
+    of the app, not a task: Faust awaits its start (topics created, state store
+    started) before the worker says Ready, so a producer that waits for Ready never
+    writes to a topic the stage has not created.
     """
-    try:
+
+    async def on_start(self) -> None:
         await stage.start()
-        await stage.reader.run()
-    except Exception as exc:
-        log.exception("%s: the reader failed; stopping the worker", STAGE)
-        await app.crash(exc)
+        self.add_future(self._read())
 
-
-app.task(window_metrics)
+    async def _read(self) -> None:
+        try:
+            await stage.reader.run()
+        except Exception as exc:
+            log.exception("%s: the reader failed; stopping the worker", STAGE)
+            await app.crash(exc)
 
 
 async def _stop_reading(sender: Any, /, *args: Any, **kwargs: Any) -> None:

@@ -39,11 +39,10 @@ from confluent_kafka import Message as KafkaMessage
 
 from kestrel.settings import Settings
 from kestrel.state import CLIENT_LOG, StateStore
-from kestrel.topics import TopicSpec, ensure_topics
+from kestrel.topics import TopicSpec, ensure_topics, partitions_of
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.1  # how long one ask waits for a first message when nothing is buffered
-METADATA_WAIT_S = 30.0
 
 
 class Record:
@@ -178,16 +177,7 @@ class BatchReader:
             },
             logger=CLIENT_LOG,
         )
-        # KRaft answers CreateTopics before its metadata lists the topics; a group that
-        # subscribes meanwhile gets no partition of them until its next metadata refresh
-        # (5 minutes): wait until the metadata has them all.
-        deadline = time.monotonic() + METADATA_WAIT_S
-        while True:
-            found = consumer.list_topics(timeout=10).topics
-            missing = [name for name in names if not (name in found and found[name].partitions)]
-            if not missing or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)  # the broker applies the new topics' metadata soon
+        partitions_of(self.settings, names)  # subscribe once the metadata lists them all
         consumer.subscribe(names, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._consumer = consumer
 

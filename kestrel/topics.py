@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: librdkafka's own log lines (kestrel.logs counts them during an outage).
 CLIENT_LOG = logging.getLogger("kestrel.librdkafka")
+METADATA_WAIT_S = 30.0  # how long a reader waits for new topics' metadata
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,33 @@ def ensure_topics(
     if created:
         log.info("created topics: %s", ", ".join(created))
     return created
+
+
+def partitions_of(
+    settings: Settings, names: Iterable[str], timeout_s: float = METADATA_WAIT_S
+) -> dict[str, list[int]]:
+    """The partitions each of ``names`` has on the broker, once its metadata lists them.
+
+    KRaft answers CreateTopics before its metadata lists the new topics: a group that
+    subscribes meanwhile gets none of their partitions until its next metadata refresh
+    (5 minutes), and a reader that assumes the catalogue's count waits forever on a
+    partition a topic auto-created by a producer lacks. A topic still missing after
+    ``timeout_s`` is left out.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers}, logger=CLIENT_LOG)
+    wanted = list(names)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = admin.list_topics(timeout=10).topics
+        listed = {n: sorted(found[n].partitions) for n in wanted if n in found}
+        missing = [n for n in wanted if not listed.get(n)]
+        if not missing or time.monotonic() > deadline:
+            if missing:
+                log.warning("the metadata still lacks %s", ", ".join(missing))
+            return {n: parts for n, parts in listed.items() if parts}
+        time.sleep(0.1)  # the broker applies the new topics' metadata soon
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from kestrel.topics import (
     METRICS_ENERGY,
     TopicSpec,
     ensure_topics,
+    partitions_of,
 )
 from web.hot_cache import HORIZON_MS, HotCache
 
@@ -113,6 +114,11 @@ class HotCacheFeed:
         frame = CachedFrame(headers.frame_id, camera_id, headers.capture_ns, _value(record))
         self.frames.put(frame)
 
+    def _topics(self, specs: list[TopicSpec]) -> dict[str, list[int]]:
+        """Create the topics if need be; the partitions each really has (not the catalogue's)."""
+        ensure_topics(self.settings, specs)
+        return partitions_of(self.settings, [spec.name(self.settings) for spec in specs])
+
     async def start(self, timeout_s: float = 30.0) -> None:
         """Assign, seek by time, and follow; return once the backlog is read."""
         consumer = AIOKafkaConsumer(
@@ -125,14 +131,14 @@ class HotCacheFeed:
         # The topics may not exist yet (no worker has started): create them as the
         # catalogue says, as `kestrel-topics create` would, so assigning cannot fail.
         specs = [spec for spec, _ in self._plan]
-        await asyncio.get_running_loop().run_in_executor(None, ensure_topics, self.settings, specs)
+        listed = await asyncio.get_running_loop().run_in_executor(None, self._topics, specs)
         await consumer.start()
         self._consumer = consumer
         now_ms = int(time.time() * 1000)
         partitions: dict[TopicPartition, int] = {}
         for spec, lookback_ms in self._plan:
             topic = spec.name(self.settings)
-            for p in range(spec.partition_count(self.settings)):
+            for p in listed.get(topic, []):
                 partitions[TopicPartition(topic, p)] = now_ms - lookback_ms
         consumer.assign(list(partitions))
         starts = await consumer.offsets_for_times(partitions)
