@@ -27,3 +27,8 @@ def test_the_camera_benchmark_measures_both_phases_and_writes_its_json(tmp_path:
     assert all(v > 0 for v in per_process.values()), per_process
     assert result["limit_cpu_ms_per_frame"] > 0
     assert result["total_cpu_ms_per_frame"] == pytest.approx(sum(per_process.values()))
+    low = result["latency_phase"]["cpu_ms_per_frame"]
+    assert set(low) == set(per_process) and all(v > 0 for v in low.values()), low
+    assert result["latency_phase_overhead"]["total_cpu_ms_per_frame"] == pytest.approx(
+        sum(low.values())
+    )

@@ -21,11 +21,14 @@ def test_the_telemetry_benchmark_measures_every_consumer_and_writes_its_json(
     tmp_path: Path,
 ) -> None:
     output = tmp_path / "telemetry.json"
-    args = ["--sources", "20", "--seconds", "40", "--partitions", "2"]
+    args = ["--sources", "20", "--seconds", "80", "--partitions", "2"]
     args += ["--latency-sources", "2", "--latency-seconds", "15"]
     # Timed from 10 % to 100 % of the input committed, which must take a few commits:
-    # offsets advance once a flush (1 s by default), so a small run flushes more often.
+    # offsets advance once a flush (1 s by default), so a small run flushes (and commits)
+    # more often. 16,000 messages take Kestrel about 2 s here, ten of these commits.
     args += ["--flush-interval-s", "0.2"]
+    # The row-per-sample Quix forms drain about 60 messages/s: time them over fewer.
+    args += ["--row-form-messages", "3000"]
     result = run_benchmark("bench.telemetry", args, output, timeout_s=880)
     # Every key has a value (run_benchmark), baselines included: one that breaks fails.
     for key in ("raw", "kestrel", "quix", "faust", "faust_empty_agent"):
