@@ -152,6 +152,25 @@ def test_worker_declares_topics_from_the_catalogue(
     assert config["cleanup.policy"].value == "compact"
 
 
+def test_a_producer_that_waits_for_ready_finds_the_inputs_with_their_partitions(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """No Faust agent reads the collector topics (the windows stage does, itself): the
+    stage creates them before the worker says Ready, else the producer's first write
+    has the broker auto-create one with a single partition (CI saw it)."""
+    settings = settings_for(kafka, tmp_path, topic_partitions=3)
+    worker = FaustWorker(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        src = source()
+        produce(settings, METRICS_MODEL.name(settings), [closer(src, BASE)])
+        admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        topics = admin.list_topics(timeout=10).topics
+        assert len(topics[METRICS_MODEL.name(settings)].partitions) == 3
+    finally:
+        worker.stop()
+
+
 def test_grace_admits_out_of_order_samples_and_later_ones_go_to_late_events(
     telemetry: tuple[Settings, FaustWorker],
 ) -> None:
