@@ -64,10 +64,10 @@ def frames_for(cameras: int, per_camera: int) -> list[list[bytes]]:
 
 
 def run_limit(
-    settings: Settings, jpegs: list[bytes], batch: int, seconds: float
+    settings: Settings, jpegs: list[bytes], batch: int, seconds: float, spin: bool
 ) -> dict[str, float]:
     """Decode + detect in a loop, batch by batch, for at least ``seconds``."""
-    detector = load_detector(settings)
+    detector = load_detector(settings, spin=spin)
     done, started, i = 0, time.perf_counter(), 0
     cpu_started = time.process_time()  # all threads: onnxruntime's included
     while time.perf_counter() - started < seconds:
@@ -224,6 +224,9 @@ def overhead(limit_cpu_ms: float, per_process: dict[str, float]) -> dict[str, fl
     }
 
 
+LATENCY_SHARE = 0.7  # of the measured capacity, the most the latency phase offers
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=int, default=8)
@@ -232,7 +235,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds not measured")
     parser.add_argument("--batch", type=int, default=4, help="the limit's batch size")
     parser.add_argument(
-        "--latency-fps", type=float, default=30.0, help="total FPS of the latency phase"
+        "--latency-fps",
+        type=float,
+        default=30.0,
+        help="total FPS of the latency phase, at most LATENCY_SHARE of the capacity measured "
+        "(a load the machine keeps up with, whatever its speed that day)",
     )
     parser.add_argument("--latency-cameras", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "camera.json")
@@ -241,7 +248,13 @@ def main() -> int:
     defaults = load_settings()
     print(f"encoding {args.cameras} cameras x 50 frames ...", flush=True)
     frames = frames_for(args.cameras, 50)
-    limit = run_limit(defaults, [j for cam in frames for j in cam], args.batch, 15.0)
+    jpegs = [j for cam in frames for j in cam]
+    # Back to back, ONNX Runtime's spinning threads are a little faster and cost more
+    # CPU a frame: the limit is the faster loop's FPS and the cheaper loop's CPU.
+    limits = [run_limit(defaults, jpegs, args.batch, 15.0, spin) for spin in (True, False)]
+    limit = dict(max(limits, key=lambda run: run["fps"]))
+    limit["cpu_ms_per_frame"] = min(run["cpu_ms_per_frame"] for run in limits)
+    limit["spin_fps"], limit["no_spin_fps"] = limits[0]["fps"], limits[1]["fps"]
     print(
         f"  limit: {limit['fps']:.1f} FPS, {limit['frame_ms']:.1f} ms a frame (batch {args.batch})",
         flush=True,
@@ -301,8 +314,10 @@ def main() -> int:
             name: (_cpu_s(p) - before[name]) * 1000 / max(frames_done, 1)
             for name, p in accounts.items()
         }
-        # Phase 2, latency: a load the machine keeps up with.
-        per_camera = args.latency_fps / args.latency_cameras
+        # Phase 2, latency: a load the machine keeps up with (on a slow day 30 FPS is
+        # more than it detects, and the phase would measure a queue, not a latency).
+        latency_fps = min(args.latency_fps, LATENCY_SHARE * capacity["results_per_s"])
+        per_camera = latency_fps / args.latency_cameras
         before = {name: _cpu_s(p) for name, p in accounts.items()}
         latency = phase(
             settings, frames[: args.latency_cameras], per_camera, args.seconds, args.warmup, seen
@@ -333,6 +348,8 @@ def main() -> int:
         },
         "result_commit_ms": settings.result_commit_ms,
         "limit_fps": limit["fps"],
+        "limit_fps_spinning": limit["spin_fps"],  # ONNX Runtime's threads spin between runs
+        "limit_fps_not_spinning": limit["no_spin_fps"],  # as the inference worker runs it
         "limit_frame_ms": limit["frame_ms"],
         "limit_batch": args.batch,
         "kestrel_fps": kestrel_fps,
@@ -356,7 +373,7 @@ def main() -> int:
     print(f"{'':44}{'FPS':>8}{'p50 ms':>8}{'p99 ms':>8}{'dropped':>9}")
     print(f"{'limit: decode + detect, no Kafka':44}{limit['fps']:>8.1f}{limit['frame_ms']:>8.1f}")
     for name, run in (("kestrel, capacity", capacity), ("kestrel, latency", latency)):
-        label = f"{name} ({run['cameras']:.0f} cams, {run['offered_fps']:g} FPS offered)"
+        label = f"{name} ({run['cameras']:.0f} cams, {run['offered_fps']:.3g} FPS offered)"
         print(
             f"{label:44}{run['results_per_s']:>8.1f}{run['latency_ms_p50']:>8.0f}"
             f"{run['latency_ms_p99']:>8.0f}{run['dropped_frames']:>9.0f}"

@@ -19,14 +19,15 @@ FORMATS: dict[str, type[Detector]] = {
 }
 
 
-def load_detector(settings: Settings) -> Detector:
+def load_detector(settings: Settings, spin: bool | None = None) -> Detector:
     """The detector of ``KESTREL_DETECTOR`` / ``KESTREL_MODEL_PATH``, warmed up with
-    a batch of ``KESTREL_MAX_BATCH``."""
+    a batch of ``KESTREL_MAX_BATCH``; ``spin`` overrides ``KESTREL_INFERENCE_SPIN``."""
     return FORMATS[settings.detector](
         settings.detector_path,
         settings.score_threshold,
         settings.inference_threads,
         warm_batch=settings.max_batch,
+        spin=settings.inference_spin if spin is None else spin,
     )
 
 

@@ -57,11 +57,12 @@ class CenterFaceDetector(Detector):
         score_threshold: float = 0.5,
         intra_op_threads: int = 0,
         warm_batch: int = 1,
+        spin: bool = False,
     ):
         if not model_path.exists():
             raise FileNotFoundError(f"model {model_path} does not exist; run `make model`")
         super().__init__(
-            with_dynamic_dims(model_path), score_threshold, intra_op_threads, warm_batch
+            with_dynamic_dims(model_path), score_threshold, intra_op_threads, warm_batch, spin
         )
 
     def preprocess(self, image: Image) -> NDArray[np.generic]:
