@@ -24,9 +24,9 @@ from faust.types import TP, Message, TransportT
 
 from kestrel.errors import KestrelError
 from kestrel.logs import quiet_outages
+from kestrel.topics import METADATA_WAIT_S
 
 log = logging.getLogger(__name__)
-METADATA_WAIT_S = 30.0  # how long a subscription waits for its topics' metadata
 
 
 class AutodiscoveryError(KestrelError):

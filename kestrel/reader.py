@@ -39,7 +39,7 @@ from confluent_kafka import Message as KafkaMessage
 
 from kestrel.settings import Settings
 from kestrel.state import CLIENT_LOG, StateStore
-from kestrel.topics import TopicSpec, ensure_topics, partitions_of
+from kestrel.topics import TopicSpec, partitions_of
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.1  # how long one ask waits for a first message when nothing is buffered
@@ -161,7 +161,7 @@ class BatchReader:
 
     # --- On the reader's thread ------------------------------------------------------
     def _open(self) -> None:
-        ensure_topics(self.settings, self.specs)
+        # The stage created its topics before the worker said Ready (agents/telemetry.py).
         names = [spec.name(self.settings) for spec in self.specs]
         consumer = Consumer(
             {

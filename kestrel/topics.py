@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: librdkafka's own log lines (kestrel.logs counts them during an outage).
 CLIENT_LOG = logging.getLogger("kestrel.librdkafka")
-METADATA_WAIT_S = 30.0  # how long a reader waits for new topics' metadata
+METADATA_WAIT_S = 30.0  # how long a reader or subscription waits for new topics' metadata
 
 
 @dataclass(frozen=True)
