@@ -41,7 +41,7 @@ from kestrel.topics import (
     ensure_topics,
     faust_topic,
 )
-from tables.metric_windows import TelemetryPartition, TopicWindows, to_aggregate
+from tables.metric_windows import TelemetryPartition, TopicWindows, aggregate_json
 from tables.windows import LateSamples as LateRows
 from tables.windows import SampleBatch, default_specs
 
@@ -190,10 +190,8 @@ class TelemetryStage:
         started = time.monotonic()
         topic = aggregates_topic.get_topic_name()
         for closed in task.model.close_due():
-            aggregate = to_aggregate(closed.key, closed.state, closed.size_ms)
-            task.send(
-                topic, aggregate.model_dump_json().encode(), closed.key.aggregate_key().encode()
-            )
+            aggregate = aggregate_json(closed.key, closed.state, closed.size_ms)
+            task.send(topic, aggregate, closed.key.aggregate_key().encode())
             self.emitted += 1
         for key, value in task.model.changes():
             task.put(key, value)
