@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Sequence
-from itertools import accumulate
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,7 @@ def _add_into(target: Counter[int], source: dict[int, int]) -> None:
         _collapse_lowest(target)
 
 
-def _add_keys(target: Counter[int], keys: list[int]) -> None:
-    if not keys:
-        return
+def _add_keys(target: Counter[int], keys: Iterable[int]) -> None:
     target.update(keys)  # one count per key, counted in C
     if len(target) > MAX_BUCKETS:
         _collapse_lowest(target)
@@ -102,8 +100,24 @@ class DDSketch:
 
     def _settle(self) -> None:
         pending, self._pending, self._pending_keys = self._pending, [], 0
-        _add_keys(self._positive, [k for positive, _ in pending for k in positive])
-        _add_keys(self._negative, [k for _, negative in pending for k in negative])
+        # Chained in C: a window's keys wait in several lists, one per batch's group.
+        _add_keys(self._positive, chain.from_iterable([positive for positive, _ in pending]))
+        negatives = [negative for _, negative in pending if negative]
+        if negatives:
+            _add_keys(self._negative, chain.from_iterable(negatives))
+
+    def __eq__(self, other: object) -> bool:
+        """The same counts in the same buckets (however they were added)."""
+        if not isinstance(other, DDSketch):
+            return NotImplemented
+        return (self.positive, self.negative, self.zero, self.count) == (
+            other.positive,
+            other.negative,
+            other.zero,
+            other.count,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def add_many(self, values: npt.NDArray[np.float64]) -> None:
         """Add finite values (NaNs must be removed by the caller)."""
@@ -153,42 +167,63 @@ class DDSketch:
         negative, positive = self.negative, self.positive
         low = sorted(negative, reverse=True)  # largest magnitude: lowest value
         high = sorted(positive)
-        counts = [negative[k] for k in low]
+        counts = list(map(negative.__getitem__, low))
         counts.append(self.zero)
-        counts += [positive[k] for k in high]
+        counts.extend(map(positive.__getitem__, high))
         running = list(accumulate(counts))
+        n_low, last_rank = len(low), self.count - 1
         found: list[float | None] = []
         for q in qs:
-            i = bisect_right(running, q * (self.count - 1))
-            if i < len(low):
+            i = bisect_right(running, q * last_rank)
+            if i < n_low:
                 found.append(-_value(low[i]))
-            elif i == len(low):
+            elif i == n_low:
                 found.append(0.0)
-            elif i - len(low) - 1 < len(high):
-                found.append(_value(high[i - len(low) - 1]))
+            elif i - n_low - 1 < len(high):
+                found.append(_value(high[i - n_low - 1]))
             else:  # past every count (rounding of the rank): the top bucket
                 found.append(_value(high[-1]) if high else 0.0)
         return found
 
     def to_json(self) -> dict[str, Any]:
-        """Form for the changelog: bucket key to count per sign, and the zero count.
+        """Form for the changelog: per sign, the bucket keys and their counts as two
+        lists, and the zero count.
 
-        The dicts have int keys: encode with ``orjson.OPT_NON_STR_KEYS`` (no copy, no
-        sort); :meth:`from_json` takes them back as ints or as strings.
+        Flat lists of ints encode in about half the time of a dict with int keys, and
+        take a quarter less room (the windows stage writes every open window's sketch
+        at each commit). :meth:`from_json` also reads the earlier form, ``{"p": {key:
+        count}, "n": {...}}``, so a changelog written before still restores.
         """
-        return {"p": self.positive, "n": self.negative, "z": self.zero}
+        positive, negative = self.positive, self.negative
+        return {
+            "pk": list(positive),
+            "pc": list(positive.values()),
+            "nk": list(negative),
+            "nc": list(negative.values()),
+            "z": self.zero,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DDSketch:
         sketch = cls()
-        sketch._positive = Counter({int(k): int(c) for k, c in _pairs(data["p"])})
-        sketch._negative = Counter({int(k): int(c) for k, c in _pairs(data["n"])})
+        if "pk" in data:
+            sketch._positive = _counter(data["pk"], data["pc"])
+            sketch._negative = _counter(data["nk"], data["nc"])
+        else:  # the earlier form: key to count, keys as ints or as strings
+            sketch._positive = Counter({int(k): int(c) for k, c in _pairs(data["p"])})
+            sketch._negative = Counter({int(k): int(c) for k, c in _pairs(data["n"])})
         for store in (sketch.positive, sketch.negative):  # a changelog from before the bound
             if len(store) > MAX_BUCKETS:
                 _collapse_lowest(store)
         sketch.zero = int(data["z"])
         sketch.count = sketch.zero + sum(sketch.positive.values()) + sum(sketch.negative.values())
         return sketch
+
+
+def _counter(keys: list[int], counts: list[int]) -> Counter[int]:
+    if len(keys) != len(counts):
+        raise ValueError(f"{len(keys)} bucket keys for {len(counts)} counts")
+    return Counter(dict(zip(map(int, keys), map(int, counts), strict=True)))
 
 
 def bucket_keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
