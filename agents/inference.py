@@ -7,11 +7,12 @@ the frame goes to the dead letters with the reason), then queue it on its camera
 bounded queue (a camera that falls behind loses its oldest frame, counted).
 
 A batcher task takes up to the adaptive batch size of the oldest frames as soon as
-that many wait or the oldest has waited ``KESTREL_MAX_QUEUE_DELAY_MS`` (Triton's
-dynamic batcher), decodes them in a thread pool (a corrupt JPEG is dead-lettered,
-the rest of the batch goes on), runs the detector in its own thread, and publishes one
-:class:`FrameDetections` per frame to ``camera.detections``. Deliveries go on while the
-next batch runs.
+that many wait, the oldest has waited ``KESTREL_MAX_QUEUE_DELAY_MS`` (Triton's
+dynamic batcher), or no further frame is expected within that delay (at the
+arrival rate seen: :class:`~kestrel.camera.batching.ArrivalGap`), decodes them in a
+thread pool (a corrupt JPEG is dead-lettered, the rest of the batch goes on), runs
+the detector in its own thread, and publishes one :class:`FrameDetections` per frame
+to ``camera.detections``. Deliveries go on while the next batch runs.
 
 Every frame read gets exactly one record out: its detections, its dead letter, or,
 for a frame dropped by backpressure (its camera's oldest when the queue was full) or
@@ -57,7 +58,7 @@ from confluent_kafka import Message as KafkaMessage
 
 from faust_app import inference as app
 from faust_app import settings
-from kestrel.camera.batching import AdaptiveBatchSize, FrameQueues, Waiting
+from kestrel.camera.batching import AdaptiveBatchSize, ArrivalGap, FrameQueues, Waiting
 from kestrel.camera.frames import FrameHeaders, check_camera_id, parse_headers
 from kestrel.camera.registry import CameraRegistry, UnknownCameras
 from kestrel.collectors.model import ModelMetrics
@@ -123,6 +124,7 @@ class InferenceStage:
 
     def __init__(self) -> None:
         self.queues: FrameQueues[Frame] = FrameQueues(settings.camera_queue_frames)
+        self.arrivals = ArrivalGap(cap_s=2 * settings.max_queue_delay_ms / 1000)
         self.wakeup = asyncio.Event()
         self.detector: Detector | None = None
         self.registry = CameraRegistry(settings)
@@ -230,7 +232,9 @@ class InferenceStage:
             self.dead_letter(event, exc)
             return
         frame = Frame(event, camera_id, headers, time.time_ns())
-        evicted = self.queues.put(camera_id, time.monotonic(), frame)
+        now = time.monotonic()
+        self.arrivals.arrived(now)
+        evicted = self.queues.put(camera_id, now, frame)
         if evicted is not None:
             self.drop(evicted.item, "backpressure")
         self.wakeup.set()
@@ -398,7 +402,7 @@ class InferenceStage:
             if len(self.queues) >= self.batch.size:
                 break
             remaining = oldest + delay - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not self.arrivals.expected_by(oldest + delay):
                 break
             self.wakeup.clear()
             try:

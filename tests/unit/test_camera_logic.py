@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kestrel.camera.batching import AdaptiveBatchSize, FrameQueues
+from kestrel.camera.batching import AdaptiveBatchSize, ArrivalGap, FrameQueues
 from kestrel.camera.frames import FrameHeaders, check_camera_id, parse_headers
 from kestrel.camera.geometry import crossing, foot, inside
 from kestrel.camera.synthetic import SyntheticScene
@@ -54,6 +56,46 @@ def test_batch_size_starts_from_device_memory_and_adapts() -> None:
     assert batch.record(2, 60.0) == 3
     assert batch.record(3, 900.0) == 2  # mean of last 3 (50, 60, 900) > 200: shrink
     assert batch.memory_pressure() == 1
+
+
+def test_the_batcher_waits_only_for_frames_expected_within_its_delay() -> None:
+    delay = 0.010
+    fast, slow = ArrivalGap(cap_s=2 * delay), ArrivalGap(cap_s=2 * delay)
+    assert fast.expected_by(delay)  # no rate seen yet: wait, as a plain dynamic batcher
+    for i in range(20):
+        fast.arrived(i * 0.008)  # 120 FPS: one every 8 ms
+        slow.arrived(i * 0.076)  # 13 FPS: one every 76 ms
+    assert fast.expected_by(19 * 0.008 + delay)
+    assert not slow.expected_by(19 * 0.076 + delay)
+    quiet = 19 * 0.076 + 3600.0
+    slow.arrived(quiet)  # an hour's silence counts as the cap, not as an hour
+    for i in range(1, 6):
+        slow.arrived(quiet + i * 0.005)  # then 200 FPS: five frames restore the waiting
+    assert slow.expected_by(quiet + 5 * 0.005 + delay)
+
+
+@given(
+    gaps=st.lists(
+        st.floats(min_value=-1.0, max_value=1e6, allow_nan=False), min_size=1, max_size=200
+    ),
+    cap_s=st.floats(min_value=1e-4, max_value=10.0),
+)
+def test_the_arrival_gap_stays_within_the_gaps_seen_whatever_the_clock_does(
+    gaps: list[float], cap_s: float
+) -> None:
+    arrivals, now = ArrivalGap(cap_s=cap_s), 0.0
+    for gap in gaps:
+        now += gap  # a clock that jumps back or far ahead must not break the estimate
+        arrivals.arrived(now)
+    seen = [min(max(g, 0.0), cap_s) for g in gaps[1:]]
+    if not seen:
+        assert arrivals.mean_s is None and arrivals.expected_by(now)
+        return
+    assert arrivals.mean_s is not None
+    assert min(seen) - 1e-9 <= arrivals.mean_s <= max(seen) + 1e-9
+    assert arrivals.expected_by(now + max(seen) + 1e-9)
+    if min(seen) > 1e-6:
+        assert not arrivals.expected_by(now + min(seen) / 2)
 
 
 def test_geometry_zone_and_crossing_directions() -> None:
