@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 def test_the_camera_benchmark_measures_both_phases_and_writes_its_json(tmp_path: Path) -> None:
     output = tmp_path / "camera.json"
     args = ["--cameras", "2", "--fps", "5", "--seconds", "6", "--warmup", "2"]
-    args += ["--latency-fps", "4", "--latency-cameras", "1"]
+    args += ["--latency-fps", "4", "--latency-cameras", "1", "--broker-warmup-s", "3"]
     result = run_benchmark("bench.camera", args, output, timeout_s=380)
     assert result["limit_fps"] > 0 and result["kestrel_fps"] > 0
     assert result["latency_ms_p50"] > 0 and result["peak_rss_mb"] > 0
@@ -32,3 +32,12 @@ def test_the_camera_benchmark_measures_both_phases_and_writes_its_json(tmp_path:
     assert result["latency_phase_overhead"]["total_cpu_ms_per_frame"] == pytest.approx(
         sum(low.values())
     )
+    assert result["cpu_bound_fps"] > 0
+    assert 0 < result["broker_warmup"]["seconds"] < 60
+    for phase in ("capacity_phase", "latency_phase"):
+        by_thread = result[phase]["thread_cpu_ms_per_frame"]
+        assert set(by_thread) == set(per_process)
+        broker = by_thread["broker"]
+        assert any(group.startswith("data-plane-kafk") for group in broker), broker
+        # Thread groups under 2 % are left out; none can hold more than its process.
+        assert sum(broker.values()) <= result[phase]["cpu_ms_per_frame"]["broker"] * 1.05
