@@ -532,6 +532,7 @@ def main() -> int:
             "faust_empty_agent_messages_per_s": faust_empty["messages_per_s"]
             if faust_empty
             else None,
+            "faust_empty_agent_peak_rss_mb": faust_empty["peak_rss_mb"] if faust_empty else None,
             "kestrel_vs_faust": kestrel["samples_per_s"] / faust["samples_per_s"]
             if faust
             else None,

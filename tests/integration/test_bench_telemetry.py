@@ -38,4 +38,6 @@ def test_the_telemetry_benchmark_measures_every_consumer_and_writes_its_json(
         assert variant["samples_per_s"] > 0 and variant["peak_rss_mb"] > 0
     assert result["best_peer"] in {"plain faust", *(f"quix ({v})" for v in QUIX_VARIANTS)}
     assert set(result["consumers"]) == {"raw", "kestrel", "quix", "faust"}
+    for key in ("faust", "faust_empty_agent"):
+        assert result[f"{key}_peak_rss_mb"] > 0, key
     assert result["latency_ms_p50"] > 0 and result["peak_rss_mb"] > 0
